@@ -1,0 +1,3 @@
+"""litpipe: a reproducible PyTorch Lightning research pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""`litpipe <stage>`: the one command both orchestrators call.
+
+Imports stay lazy so `litpipe --help` and params validation are instant; params.yaml is
+validated before a stage module (and torch) is even imported.
+"""
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+
+from litpipe import paths
+
+STAGES = {
+    "prepare": "Load the dataset, split it, store tensors and meta.json.",
+    "sanity": "Overfit one batch and run every loop once; stop the pipeline if the model cannot learn.",
+    "lr_find": "Lightning's learning-rate finder: suggestion (JSON) and curve (PNG).",
+    "search": "Optuna hyperparameter search over search.space.",
+    "fit": "Final training with the best params: early stopping, SWA, best checkpoint.",
+    "test": "Evaluate models/best.ckpt on the test split in a fresh process.",
+    "analyze": "Confusion matrix, residuals, PCA of hidden activations.",
+    "report": "Execute the report notebook and write reports/report.html.",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="litpipe", description="Run one stage of the litpipe pipeline.")
+    parser.add_argument("--params", default=str(paths.PARAMS), help="parameter file (default: %(default)s)")
+    commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, summary in STAGES.items():
+        commands.add_parser(name, help=summary, description=summary)
+    args = parser.parse_args(argv)
+
+    from litpipe.config import load_params
+    from litpipe.errors import ConfigError, StageError
+
+    try:
+        params = load_params(args.params)
+    except ConfigError as error:
+        print(f"litpipe: {error}", file=sys.stderr)
+        return 2
+
+    # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    log_to(paths.log_file(args.stage))
+    log = logging.getLogger("litpipe")
+    started = time.perf_counter()
+    stage = importlib.import_module(f"litpipe.stages.{args.stage}")
+    adopt_library_loggers()
+    try:
+        stage.run(params)
+    except StageError as error:
+        log.error("%s failed: %s", args.stage, error)
+        return 1
+    log.info("%s finished in %.1f s", args.stage, time.perf_counter() - started)
+    return 0
+
+
+def log_to(log_file: os.PathLike) -> None:
+    """Messages go to stderr and to logs/<stage>.log (cluster job output files have opaque names)."""
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, mode="w")]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def adopt_library_loggers() -> None:
+    """Lightning attaches its own console handlers on import; route its records through ours instead."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.addFilter(_DropAdverts())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""params.yaml, loaded into one typed, validated, immutable `Params`.
+
+Every tunable number lives in params.yaml and nowhere else: these models declare types and
+allowed ranges but no defaults, so a missing key is an error rather than a silent fallback.
+"""
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from litpipe.data import DATASETS
+from litpipe.errors import ConfigError
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0)]
+Scalar = bool | int | float | str
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    dataset: str
+    root: str
+    test_fraction: Fraction
+    val_fraction: Fraction
+    split_seed: Seed
+
+    @field_validator("dataset")
+    @classmethod
+    def known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        return name
+
+
+class ModelParams(Section):
+    arch: Literal["mlp", "cnn"]
+    width: PositiveInt
+    depth: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+
+
+class OptimParams(Section):
+    lr: Annotated[float, Field(gt=0, le=10)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    plateau_factor: Fraction
+    plateau_patience: Annotated[int, Field(ge=0)]
+
+
+class TrainParams(Section):
+    batch_size: PositiveInt
+    max_epochs: PositiveInt
+    early_stopping_patience: PositiveInt
+    gradient_clip_val: Annotated[float, Field(ge=0)]
+    swa_epoch_start: Annotated[float, Field(gt=0, le=1)]
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"]
+    devices: PositiveInt
+
+
+class SanityParams(Section):
+    overfit_epochs: PositiveInt
+    overfit_max_loss: Annotated[float, Field(gt=0)]
+
+
+class LrFindParams(Section):
+    min_lr: Annotated[float, Field(gt=0)]
+    max_lr: Annotated[float, Field(gt=0)]
+    num_training: Annotated[int, Field(ge=10)]
+
+    @model_validator(mode="after")
+    def ordered(self) -> "LrFindParams":
+        if self.min_lr >= self.max_lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be below max_lr ({self.max_lr})")
+        return self
+
+
+class SearchParams(Section):
+    enabled: bool
+    sampler: Literal["grid"]
+    max_epochs: PositiveInt
+    space: dict[str, Annotated[list[Scalar], Field(min_length=1)]]
+
+    def grid(self) -> list[dict[str, Scalar]]:
+        """Every combination of the space, in a stable order."""
+        keys = sorted(self.space)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.space[k] for k in keys))]
+
+
+class ReportParams(Section):
+    title: str
+    mistakes_shown: PositiveInt
+
+
+class Params(Section):
+    seed: Seed
+    data: DataParams
+    model: ModelParams
+    optim: OptimParams
+    train: TrainParams
+    sanity: SanityParams
+    lr_find: LrFindParams
+    search: SearchParams
+    report: ReportParams
+
+    def override(self, values: dict[str, Any]) -> "Params":
+        """A copy with dotted keys ("optim.lr") replaced, validated like params.yaml itself."""
+        tree = self.model_dump()
+        for dotted, value in values.items():
+            *parents, leaf = dotted.split(".")
+            node = tree
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return Params.model_validate(tree)
+
+    @model_validator(mode="after")
+    def space_is_valid(self) -> "Params":
+        # A search key must name a tunable param and each value must pass that param's own
+        # validation, so a typo in the space fails now rather than in trial 7.
+        tunable = {"model": ModelParams, "optim": OptimParams, "train": TrainParams}
+        for dotted, values in self.search.space.items():
+            section, _, field = dotted.partition(".")
+            if section not in tunable or field not in tunable[section].model_fields:
+                allowed = ", ".join(f"{s}.<{'|'.join(m.model_fields)}>" for s, m in tunable.items())
+                raise ValueError(f"search.space: unknown key {dotted!r}; allowed: {allowed}")
+            current = getattr(self, section).model_dump()
+            for value in values:
+                try:
+                    tunable[section].model_validate({**current, field: value})
+                except ValidationError as error:
+                    detail = error.errors()[0]["msg"]
+                    raise ValueError(f"search.space.{dotted}: value {value!r}: {detail}") from None
+        return self
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ConfigError with a one-line message on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run litpipe from the repository root)") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe(error)}") from None
+
+
+def describe(error: ValidationError) -> str:
+    """The first validation problem as 'key: what is allowed (got value)'."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section = _section_model(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else "see params.yaml"
+        message = f"{key}: unknown key; allowed: {allowed}"
+    elif kind == "missing":
+        message = f"{key}: missing"
+    elif kind == "value_error":
+        reason = first["msg"].removeprefix("Value error, ")
+        message = f"{key}: {reason}" if key else reason
+    else:
+        message = f"{key}: {first['msg'][0].lower()}{first['msg'][1:]} (got {first.get('input')!r})"
+    more = len(error.errors()) - 1
+    return message + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

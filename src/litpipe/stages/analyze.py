@@ -1,0 +1,147 @@
+"""analyze: residual analysis of the best model on the test split, and PCA of its hidden activations."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from litpipe import paths, plots
+from litpipe.config import Params
+from litpipe.data.prepared import Split, load_meta, load_split
+from litpipe.io import atomic_path, write_json
+from litpipe.models.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> None:
+    meta = load_meta()
+    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
+    test = load_split("test")
+    logits, activations = forward_with_activations(model, test)
+
+    residuals = residual_table(logits, test.y)
+    write_csv(residuals, paths.ANALYSIS / "predictions.csv")
+    confusion = pd.crosstab(residuals["actual"], residuals["predicted"]).reindex(
+        index=range(meta["num_classes"]), columns=range(meta["num_classes"]), fill_value=0
+    )
+    write_csv(confusion, paths.ANALYSIS / "confusion.csv", index=True)
+    per_class = per_class_table(residuals, confusion, meta["class_names"])
+    write_csv(per_class, paths.ANALYSIS / "per_class.csv")
+    plot_confusion(confusion, meta["class_names"])
+    plot_mistakes(residuals, test, meta, params.report.mistakes_shown)
+
+    pca = {name: project(values) for name, values in activations.items()}
+    plot_pca(pca, test.y.numpy())
+    write_json(
+        paths.ANALYSIS / "summary.json",
+        {
+            "accuracy": float(residuals["correct"].mean()),
+            "mistakes": int((~residuals["correct"]).sum()),
+            "mean_confidence_correct": float(residuals.loc[residuals["correct"], "confidence"].mean()),
+            "mean_confidence_wrong": float(residuals.loc[~residuals["correct"], "confidence"].mean()),
+            "pca_explained_variance": {name: ratio for name, (_, ratio) in pca.items()},
+        },
+    )
+    log.info("analysis: %d mistakes on %d test samples", (~residuals["correct"]).sum(), len(residuals))
+
+
+def forward_with_activations(model: Classifier, split: Split) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits for the split plus the output of every hidden block, captured by forward hooks."""
+    activations: dict[str, torch.Tensor] = {}
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out, name=name: activations.__setitem__(name, out.flatten(1)))
+        for name, block in model.net.hidden.items()
+    ]
+    with torch.no_grad():
+        logits = model(split.x)
+    for hook in hooks:
+        hook.remove()
+    return logits, activations
+
+
+def residual_table(logits: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
+    probs = logits.softmax(dim=1)
+    confidence, predicted = probs.max(dim=1)
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(labels)),
+            "actual": labels.numpy(),
+            "predicted": predicted.numpy(),
+            "confidence": confidence.numpy(),
+            "prob_actual": probs[torch.arange(len(labels)), labels].numpy(),
+            "loss": F.cross_entropy(logits, labels, reduction="none").numpy(),
+            "correct": (predicted == labels).numpy(),
+        }
+    )
+
+
+def per_class_table(residuals: pd.DataFrame, confusion: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    hits = np.diag(confusion.to_numpy())
+    predicted = confusion.sum(axis=0).to_numpy()
+    actual = confusion.sum(axis=1).to_numpy()
+    return pd.DataFrame(
+        {
+            "class": class_names,
+            "precision": np.divide(hits, predicted, out=np.zeros(len(hits)), where=predicted > 0),
+            "recall": np.divide(hits, actual, out=np.zeros(len(hits)), where=actual > 0),
+            "support": actual,
+            "mean_loss": residuals.groupby("actual")["loss"].mean().reindex(range(len(class_names))).to_numpy(),
+        }
+    )
+
+
+def project(values: torch.Tensor) -> tuple[np.ndarray, list[float]]:
+    """First two principal components and their explained-variance ratios."""
+    centered = values - values.mean(dim=0)
+    _, singular, vectors = torch.linalg.svd(centered, full_matrices=False)
+    variance = singular**2
+    ratio = (variance[:2] / variance.sum().clamp_min(1e-12)).tolist()
+    return (centered @ vectors[:2].T).numpy(), ratio
+
+
+def write_csv(table: pd.DataFrame, path, index: bool = False) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=index)
+
+
+def plot_confusion(confusion: pd.DataFrame, class_names: list[str]) -> None:
+    fig = plots.figure(5.5, 5)
+    ax = fig.add_subplot()
+    image = ax.imshow(confusion.to_numpy(), cmap="Blues")
+    for (row, col), count in np.ndenumerate(confusion.to_numpy()):
+        if count:
+            ax.text(col, row, count, ha="center", va="center", fontsize=7)
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
+    ax.set_xticklabels(class_names, rotation=90)
+    ax.set_yticklabels(class_names)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    plots.save(fig, paths.ANALYSIS / "confusion.png")
+
+
+def plot_mistakes(residuals: pd.DataFrame, test: Split, meta: dict, shown: int) -> None:
+    mistakes = residuals[~residuals["correct"]].nlargest(shown, "confidence")
+    columns = 8
+    rows = max(1, -(-len(mistakes) // columns))
+    fig = plots.figure(columns * 1.3, rows * 1.5 + 0.4)
+    fig.suptitle("Most confident mistakes (actual -> predicted, confidence)")
+    axes = fig.subplots(rows, columns, squeeze=False).flat
+    names = meta["class_names"]
+    for ax, (_, row) in zip(axes, mistakes.iterrows()):
+        ax.imshow(test.x[int(row["index"])][0], cmap="gray_r", vmin=0, vmax=meta["pixel_max"])
+        ax.set_title(f"{names[row['actual']]}->{names[row['predicted']]} {row['confidence']:.2f}", fontsize=7)
+    for ax in fig.axes:
+        ax.axis("off")
+    plots.save(fig, paths.ANALYSIS / "mistakes.png")
+
+
+def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray) -> None:
+    fig = plots.figure(4.5 * len(pca), 4)
+    for ax, (name, (points, ratio)) in zip(np.atleast_1d(fig.subplots(1, len(pca))), pca.items()):
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6)
+        ax.set(title=f"{name}: PCA ({sum(ratio):.0%} of variance)", xlabel="PC1", ylabel="PC2")
+    fig.colorbar(scatter, ax=fig.axes, label="class")
+    plots.save(fig, paths.ANALYSIS / "activations_pca.png")

@@ -1,0 +1,98 @@
+"""fit: final training with the best searched params, early stopping and weight averaging.
+
+models/best.ckpt holds the weights with the lowest validation loss; once averaging has started
+those are the averaged weights, which are also the ones validated (see training.StochasticWeightAveraging).
+Early stopping may only stop training once the average has been validated for a full patience
+window, so it can never silently discard the average.
+"""
+
+import logging
+
+import pandas as pd
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from litpipe import paths, plots
+from litpipe.config import Params
+from litpipe.data.prepared import PreparedData, load_meta
+from litpipe.io import atomic_path, read_json, write_json
+from litpipe.models.classifier import Classifier
+from litpipe.training import History, StochasticWeightAveraging, make_trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/loss"
+
+
+def run(params: Params) -> None:
+    searched = read_json(paths.SEARCH / "best.json")["params"]
+    params = params.override(searched)
+    log.info("fitting with %s", {**params.model.model_dump(), **params.optim.model_dump()})
+    seed_everything(params.seed)
+
+    swa_start = swa_start_epoch(params)
+    history, swa = History(), StochasticWeightAveraging(swa_start)
+    checkpoint = ModelCheckpoint(
+        dirpath=paths.BEST_CKPT.parent,
+        filename=paths.BEST_CKPT.stem,
+        monitor=MONITOR,
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
+    trainer = make_trainer(
+        params,
+        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch")],
+        logger=TensorBoardLogger(str(paths.TB), name="fit", version="", default_hp_metric=False),
+        enable_checkpointing=True,
+        enable_model_summary=True,
+        min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
+    )
+    trainer.fit(Classifier.from_params(params, load_meta()), datamodule=PreparedData(params.train.batch_size, params.seed))
+
+    table = pd.DataFrame(history.rows)
+    best = history.best(MONITOR)
+    with atomic_path(paths.FIT / "history.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    plot_curves(table, best, swa_start)
+    metrics = {
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": best[MONITOR],
+        "best_val_acc": best["val/acc"],
+        "epochs": len(table),
+    }
+    write_json(paths.FIT / "metrics.json", metrics)
+    write_json(
+        paths.FIT / "summary.json",
+        {
+            **metrics,
+            "searched_params": searched,
+            "params": {"model": params.model.model_dump(), "optim": params.optim.model_dump()},
+            "swa_start_epoch": swa_start,
+            # The average is first updated at the end of epoch swa_start and validated from the next epoch.
+            "checkpoint_is_averaged": best["epoch"] > swa_start,
+            "early_stopped": early_stopping.stopped_epoch > 0,
+        },
+    )
+    log.info("best epoch %d: val/loss %.4f, val/acc %.4f", best["epoch"], best[MONITOR], best["val/acc"])
+
+
+def swa_start_epoch(params: Params) -> int:
+    return max(0, round(params.train.swa_epoch_start * params.train.max_epochs) - 1)
+
+
+def plot_curves(table: pd.DataFrame, best: dict[str, float], swa_start: int) -> None:
+    fig = plots.figure(10, 4)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for split in ("train", "val"):
+        loss_ax.plot(table["epoch"], table[f"{split}/loss"], label=split)
+        acc_ax.plot(table["epoch"], table[f"{split}/acc"], label=split)
+    loss_ax.scatter([best["epoch"]], [best[MONITOR]], color="tab:red", zorder=3, label="lowest val/loss")
+    for ax in (loss_ax, acc_ax):
+        ax.axvline(swa_start + 0.5, color="grey", linestyle=":", label="averaging starts")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    loss_ax.set(ylabel="cross-entropy", title="Loss", yscale="log")
+    acc_ax.set(ylabel="accuracy", title="Accuracy")
+    plots.save(fig, paths.FIT / "curves.png")

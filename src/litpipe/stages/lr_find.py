@@ -1,0 +1,47 @@
+"""lr_find: Lightning's learning-rate range test on the configured model."""
+
+import logging
+
+from lightning.pytorch.tuner import Tuner
+
+from litpipe import paths, plots
+from litpipe.config import Params
+from litpipe.data.prepared import PreparedData, load_meta
+from litpipe.errors import StageError
+from litpipe.io import write_json
+from litpipe.models.classifier import Classifier
+from litpipe.training import make_trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> None:
+    seed_everything(params.seed)
+    model = Classifier.from_params(params, load_meta())
+    data = PreparedData(params.train.batch_size, params.seed)
+    trainer = make_trainer(params)
+    finder = Tuner(trainer).lr_find(
+        model,
+        datamodule=data,
+        min_lr=params.lr_find.min_lr,
+        max_lr=params.lr_find.max_lr,
+        num_training=params.lr_find.num_training,
+        update_attr=False,
+    )
+    suggestion = finder.suggestion() if finder else None
+    if suggestion is None:
+        raise StageError("the LR finder could not suggest a learning rate (the loss never fell); widen lr_find.*")
+    log.info("suggested learning rate %.3g (optim.lr is %.3g)", suggestion, params.optim.lr)
+
+    fig = finder.plot(suggest=True)
+    fig.axes[0].set_title(f"LR finder: suggestion {suggestion:.3g}")
+    plots.save(fig, paths.LR_FIND / "lr_find.png")
+    write_json(
+        paths.LR_FIND / "lr_find.json",
+        {
+            "suggestion": suggestion,
+            "configured_lr": params.optim.lr,
+            "lr": [float(v) for v in finder.results["lr"]],
+            "loss": [float(v) for v in finder.results["loss"]],
+        },
+    )

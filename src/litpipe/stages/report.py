@@ -1,0 +1,34 @@
+"""report: papermill executes the report notebook; nbconvert writes one self-contained HTML page."""
+
+import logging
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+from litpipe import paths
+from litpipe.config import Params
+from litpipe.io import write_text
+
+log = logging.getLogger(__name__)
+
+EXECUTED = paths.REPORT_WORK / "report.ipynb"
+
+
+def run(params: Params) -> None:
+    EXECUTED.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(paths.REPORT_NOTEBOOK),
+        str(EXECUTED),
+        parameters={"title": params.report.title, "results": str(paths.RESULTS), "prepared": str(paths.PREPARED)},
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=".",
+    )
+    # Code hidden; figures are already embedded as base64 PNGs; no MathJax or require.js from a CDN.
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.mathjax_url = ""
+    exporter.require_js_url = ""
+    html, _ = exporter.from_notebook_node(nbformat.read(EXECUTED, as_version=4))
+    write_text(paths.REPORT_HTML, html)
+    log.info("report: %s (%.0f kB)", paths.REPORT_HTML, len(html) / 1024)

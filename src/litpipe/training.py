@@ -1,0 +1,98 @@
+"""What every training stage shares: seeding, the Trainer, epoch history, weight averaging."""
+
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, WeightAveraging
+
+from litpipe.config import Params
+
+
+def seed_everything(seed: int) -> None:
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
+def make_trainer(params: Params, **overrides: Any) -> pl.Trainer:
+    """A deterministic Trainer on the configured device; stages pass what differs (epochs, callbacks, logger)."""
+    settings: dict[str, Any] = dict(
+        accelerator=params.train.accelerator,
+        devices=params.train.devices,
+        deterministic=True,
+        max_epochs=params.train.max_epochs,
+        gradient_clip_val=params.train.gradient_clip_val or None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        # A live bar only where someone watches; batch logs get no carriage-return noise.
+        enable_progress_bar=sys.stderr.isatty(),
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    settings.update(overrides)
+    return pl.Trainer(**settings)
+
+
+class History(Callback):
+    """One row of logged metrics per completed epoch, with the learning rate."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k})
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        self.rows.append(row)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Training metrics are aggregated after validation ran; complete this epoch's row.
+        if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
+            self.rows[-1].update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+    def best(self, monitor: str = "val/loss") -> dict[str, float]:
+        return min(self.rows, key=lambda row: row[monitor])
+
+
+class StochasticWeightAveraging(WeightAveraging):
+    """Equal-weight average of the weights at the end of each epoch from `start_epoch` on.
+
+    Lightning's WeightAveraging validates and checkpoints the averaged weights. Before the first
+    update the average is just the initial weights, so until then this validates, checkpoints and
+    keeps the weights being trained: whatever stops training (early stopping included), the
+    checkpoint holds the weights whose validation loss it records.
+    """
+
+    def __init__(self, start_epoch: int) -> None:
+        super().__init__()
+        self.start_epoch = start_epoch
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return epoch_idx is not None and epoch_idx >= self.start_epoch
+
+    @property
+    def started(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started:
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self.started:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started:
+            super().on_train_end(trainer, pl_module)
+
+
+def device_of(trainer: pl.Trainer) -> torch.device:
+    return trainer.strategy.root_device
