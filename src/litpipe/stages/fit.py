@@ -39,6 +39,9 @@ def run(params: Params) -> None:
         mode="min",
         save_top_k=1,
         enable_version_counter=False,
+        # Save right after validation: at train-epoch end the average has already absorbed this
+        # epoch's weights and would no longer be the weights that were validated.
+        save_on_train_epoch_end=False,
     )
     early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
     trainer = make_trainer(

@@ -2,6 +2,7 @@
 
 import hashlib
 import importlib
+import io
 import logging
 
 import torch
@@ -36,9 +37,13 @@ def run(params: Params) -> None:
         "sha256": {},
     }
     for name, (x, y) in splits.items():
+        # Serialised in memory: torch.save names the archive after the file, and the temporary
+        # file's random name would make identical tensors hash differently.
+        buffer = io.BytesIO()
+        torch.save({"x": x.contiguous(), "y": y.contiguous()}, buffer)
         with atomic_path(paths.split_file(name)) as tmp:
-            torch.save({"x": x.contiguous(), "y": y.contiguous()}, tmp)
-        meta["sha256"][name] = hashlib.sha256(paths.split_file(name).read_bytes()).hexdigest()
+            tmp.write_bytes(buffer.getvalue())
+        meta["sha256"][name] = hashlib.sha256(buffer.getvalue()).hexdigest()
         log.info("%s: %d samples", name, len(y))
     write_json(paths.META, meta)
 

@@ -1,0 +1,121 @@
+"""params.yaml validation: typos, wrong types and out-of-range values stop a command before any work."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from litpipe.config import Params, load_params
+from litpipe.errors import ConfigError
+
+from .conftest import ROOT, tool_env
+
+
+def write(tmp_path: Path, params: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def modified(params: dict, section: str, key: str, value: object) -> dict:
+    changed = copy.deepcopy(params)
+    changed[section][key] = value
+    return changed
+
+
+def test_repository_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.dataset == "digits"
+    assert len(params.search.grid()) >= 2
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("optim", "lr", -0.1, "optim.lr: input should be greater than 0 (got -0.1)"),
+        ("optim", "lr", "fast", "optim.lr: input should be a valid number"),
+        ("train", "batch_size", 0, "train.batch_size: input should be greater than or equal to 1"),
+        ("train", "batch_size", 3.5, "train.batch_size: input should be a valid integer"),
+        ("model", "arch", "resnet", "model.arch: input should be 'mlp' or 'cnn'"),
+        ("data", "dataset", "cifar", "data.dataset: unknown dataset 'cifar'; allowed: digits, mnist, fashion_mnist, kmnist"),
+        ("data", "test_fraction", 1.5, "data.test_fraction: input should be less than 1"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, default_params, section, key, value, expected):
+    with pytest.raises(ConfigError) as error:
+        load_params(write(tmp_path, modified(default_params, section, key, value)))
+    message = str(error.value)
+    assert "\n" not in message
+    assert expected in message
+
+
+def test_unknown_key_lists_the_allowed_keys(tmp_path, default_params):
+    with pytest.raises(ConfigError, match=r"optim\.lrate: unknown key; allowed: lr, weight_decay, plateau_factor"):
+        load_params(write(tmp_path, modified(default_params, "optim", "lrate", 0.01)))
+
+
+def test_unknown_section_and_missing_key(tmp_path, default_params):
+    params = copy.deepcopy(default_params)
+    params["optimiser"] = {}
+    with pytest.raises(ConfigError, match="optimiser: unknown key; allowed: seed, data, model"):
+        load_params(write(tmp_path, params))
+    params = copy.deepcopy(default_params)
+    del params["train"]["max_epochs"]
+    with pytest.raises(ConfigError, match="train.max_epochs: missing"):
+        load_params(write(tmp_path, params))
+
+
+def test_search_space_keys_and_values_are_validated(tmp_path, default_params):
+    params = copy.deepcopy(default_params)
+    params["search"]["space"] = {"model.widht": [1, 2]}
+    with pytest.raises(ConfigError, match="search.space: unknown key 'model.widht'"):
+        load_params(write(tmp_path, params))
+    params["search"]["space"] = {"optim.lr": [0.01, -1]}
+    with pytest.raises(ConfigError, match=r"search.space.optim.lr: value -1: Input should be greater than 0"):
+        load_params(write(tmp_path, params))
+
+
+def test_lr_finder_range_must_be_ordered(tmp_path, default_params):
+    with pytest.raises(ConfigError, match="lr_find: min_lr .* must be below max_lr"):
+        load_params(write(tmp_path, modified(default_params, "lr_find", "min_lr", 10.0)))
+
+
+def test_yaml_errors_and_missing_file_are_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_override_validates_like_the_file(default_params):
+    params = Params.model_validate(default_params)
+    assert params.override({"optim.lr": 0.5}).optim.lr == 0.5
+    assert params.optim.lr == default_params["optim"]["lr"]  # the original is untouched
+    with pytest.raises(ValueError):
+        params.override({"optim.lr": -1})
+
+
+def test_grid_is_every_combination_once(default_params):
+    params = Params.model_validate(default_params).override({})
+    space = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.5]}
+    grid = params.search.model_copy(update={"space": space}).grid()
+    assert len(grid) == 6
+    assert len({tuple(sorted(point.items())) for point in grid}) == 6
+
+
+@pytest.mark.parametrize("stage", ["prepare", "fit", "report"])
+def test_cli_exits_2_with_one_line_before_touching_outputs(tmp_path, default_params, stage):
+    write(tmp_path, modified(default_params, "optim", "lr", -0.1))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = subprocess.run(
+        [sys.executable, "-m", "litpipe.cli", stage], cwd=tmp_path, env=tool_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "optim.lr" in result.stderr and "greater than 0" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no logs/, data/ or results/ created

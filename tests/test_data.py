@@ -1,0 +1,108 @@
+"""prepare: the digits split, the torchvision loaders on fabricated IDX files, device-resident batches."""
+
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from litpipe import paths
+from litpipe.config import Params
+from litpipe.data.prepared import Batches, Split, load_meta, load_split
+from litpipe.errors import StageError
+from litpipe.stages import prepare
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def params_with(default_params: dict, **data: object) -> Params:
+    return Params.model_validate(default_params).override({f"data.{k}": v for k, v in data.items()})
+
+
+def test_digits_split_is_stratified_complete_and_documented(in_tmp, default_params):
+    params = params_with(default_params)
+    prepare.run(params)
+    meta = load_meta()
+    splits = {name: load_split(name) for name in paths.SPLITS}
+    assert sum(len(s.y) for s in splits.values()) == 1797
+    assert meta["sizes"] == {name: len(s.y) for name, s in splits.items()}
+    assert splits["test"].x.dtype == torch.uint8 and splits["test"].x.shape[1:] == (1, 8, 8)
+    assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 10
+    # Stratified: every class's share in each split is within one sample of the overall share.
+    total = torch.stack([torch.bincount(s.y, minlength=10) for s in splits.values()]).sum(0)
+    for split in splits.values():
+        expected = total * len(split.y) / 1797
+        assert (torch.bincount(split.y, minlength=10) - expected).abs().max() <= 1.5
+    # No image is in two splits: the sample rows are distinct across the split boundary.
+    rows = {name: {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(s.x, s.y)} for name, s in splits.items()}
+    duplicates_in_source = 1797 - len(set().union(*rows.values()))
+    assert len(rows["train"] & rows["test"]) <= duplicates_in_source
+    # Normalisation stats come from the training split alone.
+    assert meta["mean"][0] == pytest.approx(splits["train"].x.double().mean().item())
+    for name in paths.SPLITS:
+        assert meta["sha256"][name] == hashlib.sha256(paths.split_file(name).read_bytes()).hexdigest()
+
+
+def test_split_depends_on_split_seed_only(in_tmp, default_params):
+    prepare.run(params_with(default_params, split_seed=0))
+    first = load_meta()["sha256"]
+    prepare.run(Params.model_validate(default_params).override({"seed": 123, "data.split_seed": 0}))
+    assert load_meta()["sha256"] == first  # the training seed does not move the split
+    prepare.run(params_with(default_params, split_seed=1))
+    assert load_meta()["sha256"]["test"] != first["test"]
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """torchvision's IDX layout: magic (0, 0, dtype 0x08=uint8, ndim), big-endian sizes, raw bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def fabricate(root: Path, folder: str, n_train: int = 200, n_test: int = 50) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 256, (n, 28, 28), generator=generator, dtype=torch.uint8)
+        write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "folder", "first_class"),
+    [("mnist", "MNIST", "0 - zero"), ("fashion_mnist", "FashionMNIST", "T-shirt/top"), ("kmnist", "KMNIST", "o")],
+)
+def test_torchvision_datasets_through_the_real_classes(in_tmp, default_params, dataset, folder, first_class):
+    fabricate(in_tmp / "mirror", folder)
+    prepare.run(params_with(default_params, dataset=dataset, root=str(in_tmp / "mirror"), val_fraction=0.2))
+    meta = load_meta()
+    assert meta["official_test_split"] is True
+    assert meta["sizes"] == {"train": 160, "val": 40, "test": 50}  # torchvision's own test split is kept
+    assert meta["input_shape"] == [1, 28, 28]
+    assert meta["class_names"][0] == first_class
+    assert load_split("test").y.tolist() == (torch.arange(50) % 10).tolist()
+
+
+def test_missing_torchvision_data_is_a_clear_stage_error(in_tmp, default_params):
+    # These machines cannot download: the loader must say where it looked instead of a traceback.
+    with pytest.raises(StageError, match=r"MNIST is not under .*empty/MNIST/raw"):
+        prepare.run(params_with(default_params, dataset="mnist", root=str(in_tmp / "empty")))
+    assert not paths.PREPARED.exists()
+
+
+def test_batches_cover_each_sample_once_per_epoch_in_a_seeded_order():
+    split = Split(torch.arange(10).view(10, 1, 1, 1).to(torch.uint8), torch.arange(10))
+    batches = Batches(split, batch_size=4, shuffle=True, seed=3)
+    assert len(batches) == 3
+    epoch1 = torch.cat([y for _, y in batches])
+    epoch2 = torch.cat([y for _, y in batches])
+    assert sorted(epoch1.tolist()) == list(range(10)) == sorted(epoch2.tolist())
+    assert not torch.equal(epoch1, epoch2)  # a new permutation each epoch
+    again = Batches(split, batch_size=4, shuffle=True, seed=3)
+    assert torch.equal(torch.cat([y for _, y in again]), epoch1)  # same seed, same order
+    assert [y.tolist() for _, y in Batches(split, 4, shuffle=False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -1,0 +1,110 @@
+"""The real `dvc repro`, `dvc exp run` and `dvc exp show` on a copy of the repository."""
+
+import csv
+import io
+import json
+import time
+
+import pytest
+
+from .conftest import FAST, copy_repo, edit_params, require_tool, run
+
+pytestmark = pytest.mark.integration
+
+STAGES = ["prepare", "sanity", "lr_find", "search", "fit", "test", "analyze", "report"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The default pipeline, run once by `dvc repro` exactly as the README's `make repro` does."""
+    require_tool("dvc")
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    started = time.perf_counter()
+    result = run(["dvc", "repro"], repo)
+    return repo, result.stdout, time.perf_counter() - started
+
+
+def test_dvc_repro_runs_all_eight_stages_and_writes_every_output(pipeline):
+    repo, log, seconds = pipeline
+    assert [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")] == STAGES
+    for output in [
+        "data/prepared/meta.json",
+        "results/sanity/summary.json",
+        "results/lr_find/lr_find.png",
+        "results/search/trials.csv",
+        "results/search/best.json",
+        "models/best.ckpt",
+        "results/fit/curves.png",
+        "results/analysis/confusion.png",
+        "results/analysis/activations_pca.png",
+        "results/analysis/mistakes.png",
+        "reports/report.html",
+    ]:
+        assert (repo / output).stat().st_size > 0, output
+    for stage in STAGES:
+        assert f"{stage} finished" in (repo / f"logs/{stage}.log").read_text()
+    print(f"default pipeline: {seconds:.0f} s")
+
+
+def test_default_pipeline_reaches_the_accuracy_target(pipeline):
+    repo, _, _ = pipeline
+    metrics = json.loads((repo / "results/test/metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.97, metrics
+    assert 0 < metrics["loss"] < 0.2
+    trials = list(csv.DictReader((repo / "results/search/trials.csv").open()))
+    assert len(trials) == 8 and {t["state"] for t in trials} == {"COMPLETE"}
+
+
+def test_report_embeds_every_image(pipeline):
+    repo, _, _ = pipeline
+    html = (repo / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 7
+    assert "<img src=\"http" not in html
+
+
+def test_second_repro_reproduces_nothing_and_status_is_clean(pipeline):
+    repo, _, _ = pipeline
+    started = time.perf_counter()
+    log = run(["dvc", "repro"], repo).stdout
+    print(f"second dvc repro: {time.perf_counter() - started:.2f} s")
+    assert "Running stage" not in log
+    assert all(f"Stage '{stage}' didn't change" in log for stage in STAGES)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+def test_report_setting_reruns_only_the_report(pipeline):
+    repo, _, _ = pipeline
+    edit_params(repo, {"report.title": "Another title"})
+    try:
+        log = run(["dvc", "repro"], repo).stdout
+        assert [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")] == ["report"]
+        assert "Another title" in (repo / "reports/report.html").read_text()
+    finally:
+        run(["git", "checkout", "params.yaml"], repo)
+        run(["dvc", "repro"], repo)
+
+
+def test_dvc_exp_run_compares_a_learning_rate(pipeline):
+    repo, _, _ = pipeline
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline results"], repo)
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
+    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    experiment = next(row for row in table if row["Experiment"] == "lr-high")
+    baseline = next(row for row in table if row["rev"] == "main")
+    assert float(experiment["optim.lr"]) == 0.01
+    assert float(baseline["optim.lr"]) != 0.01
+    assert 0.5 < float(experiment["accuracy"]) <= 1
+    assert experiment["accuracy"] != baseline["accuracy"]  # the learning rate really reached the fit
+
+
+def test_fast_settings_pipeline_and_failing_sanity_stop(tmp_path):
+    """A failing sanity check stops `dvc repro` before the search with a one-line reason."""
+    require_tool("dvc")
+    repo = copy_repo(tmp_path)
+    edit_params(repo, {**FAST, "sanity.overfit_epochs": 2, "sanity.overfit_max_loss": 1.0e-6})
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "sanity failed: the model could not overfit one batch" in result.stderr
+    assert not (repo / "results/search").exists()
+    assert not (repo / "results/sanity/summary.json").exists()
