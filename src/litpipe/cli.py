@@ -65,10 +65,13 @@ def log_to(log_file: os.PathLike) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, mode="w")]
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(_DropAdverts())
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
 class _DropAdverts(logging.Filter):
+    """Lightning advertises a hosted logger on every Trainer; keep that out of research logs."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return "💡 Tip" not in record.getMessage()
 
@@ -79,7 +82,6 @@ def adopt_library_loggers() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-        logger.addFilter(_DropAdverts())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ import sys
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 
 from litpipe.config import Params
@@ -92,7 +91,3 @@ class StochasticWeightAveraging(WeightAveraging):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.started:
             super().on_train_end(trainer, pl_module)
-
-
-def device_of(trainer: pl.Trainer) -> torch.device:
-    return trainer.strategy.root_device
