@@ -2,7 +2,6 @@
 
 import copy
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -109,13 +108,15 @@ def test_grid_is_every_combination_once(default_params):
 
 
 @pytest.mark.parametrize("stage", ["prepare", "fit", "report"])
-def test_cli_exits_2_with_one_line_before_touching_outputs(tmp_path, default_params, stage):
-    write(tmp_path, modified(default_params, "optim", "lr", -0.1))
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [("lr", -0.1, "optim.lr: input should be greater than 0"), ("lrate", 0.01, "optim.lrate: unknown key")],
+)
+def test_cli_exits_2_with_one_line_before_touching_outputs(tmp_path, default_params, stage, key, value, expected):
+    write(tmp_path, modified(default_params, "optim", key, value))
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = subprocess.run(
-        [sys.executable, "-m", "litpipe.cli", stage], cwd=tmp_path, env=tool_env(), capture_output=True, text=True
-    )
+    result = subprocess.run(["litpipe", stage], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "optim.lr" in result.stderr and "greater than 0" in result.stderr
+    assert result.stderr.startswith("litpipe: params.yaml: ") and expected in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no logs/, data/ or results/ created

@@ -41,9 +41,10 @@ def test_classifier_normalises_raw_uint8_images(digits):
     assert torch.allclose(model(x), expected)
 
 
-def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits):
-    # Averaging from the second epoch and no early stop before it: the best checkpoint is averaged.
-    params = digits.override({"train.max_epochs": 8, "train.swa_epoch_start": 0.25})
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits, arch):
+    # Averaging from the second epoch, and early stopping cannot end training before it.
+    params = digits.override({"model.arch": arch, "model.width": 16, "train.max_epochs": 8, "train.swa_epoch_start": 0.25})
     write_json(paths.SEARCH / "best.json", {"params": {}})
     fit.run(params)
     summary = read_json(paths.FIT / "summary.json")
@@ -52,7 +53,8 @@ def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits):
     with torch.no_grad():
         loss = F.cross_entropy(model(val.x), val.y).item()
     assert loss == pytest.approx(summary["best_val_loss"], rel=1e-4)
-    assert summary["checkpoint_is_averaged"] == (summary["best_epoch"] > summary["swa_start_epoch"])
+    assert summary["swa_start_epoch"] == 1 and summary["best_epoch"] > 1
+    assert summary["checkpoint_is_averaged"]
 
 
 def test_fit_is_reproducible_on_cpu(digits):
