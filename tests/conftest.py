@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,20 @@ FAST = {
     "search.max_epochs": 3,
     "search.space": {"model.width": [32, 64]},
 }
+
+
+STAGES = ["prepare", "sanity", "lr_find", "search", "fit", "test", "analyze", "report"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> tuple[Path, str, float]:
+    """The default pipeline, run once by `dvc repro` exactly as the README's `make repro` does:
+    the repository copy, dvc's output, and the wall time. Tests that change it restore it."""
+    require_tool("dvc")
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    started = time.perf_counter()
+    result = run(["dvc", "repro"], repo)
+    return repo, result.stdout, time.perf_counter() - started
 
 
 @pytest.fixture(scope="session")

@@ -7,21 +7,9 @@ import time
 
 import pytest
 
-from .conftest import FAST, copy_repo, edit_params, require_tool, run
+from .conftest import FAST, STAGES, copy_repo, edit_params, require_tool, run
 
 pytestmark = pytest.mark.integration
-
-STAGES = ["prepare", "sanity", "lr_find", "search", "fit", "test", "analyze", "report"]
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """The default pipeline, run once by `dvc repro` exactly as the README's `make repro` does."""
-    require_tool("dvc")
-    repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    started = time.perf_counter()
-    result = run(["dvc", "repro"], repo)
-    return repo, result.stdout, time.perf_counter() - started
 
 
 def test_dvc_repro_runs_all_eight_stages_and_writes_every_output(pipeline):
@@ -88,8 +76,12 @@ def test_dvc_exp_run_compares_a_learning_rate(pipeline):
     repo, _, _ = pipeline
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
-    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    try:
+        run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
+        table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    finally:  # back to the baseline workspace for the tests that share this pipeline
+        run(["git", "checkout", "--", "."], repo)
+        run(["dvc", "checkout", "--force"], repo)
     experiment = next(row for row in table if row["Experiment"] == "lr-high")
     baseline = next(row for row in table if row["rev"] == "main")
     assert float(experiment["optim.lr"]) == 0.01

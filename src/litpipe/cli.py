@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from litpipe.config import load_params
     from litpipe.errors import ConfigError, StageError
+    from litpipe.io import write_json
 
     try:
         params = load_params(args.params)
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as error:
         log.error("%s failed: %s", args.stage, error)
         return 1
-    log.info("%s finished in %.1f s", args.stage, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    # Recorded for the report, which totals them and suggests SLURM time limits.
+    write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
+    log.info("%s finished in %.1f s", args.stage, seconds)
     return 0
 
 

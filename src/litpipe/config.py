@@ -66,6 +66,7 @@ class TrainParams(Section):
 class SanityParams(Section):
     overfit_epochs: PositiveInt
     overfit_max_loss: Annotated[float, Field(gt=0)]
+    profile_batches: Annotated[int, Field(ge=2)]
 
 
 class LrFindParams(Section):
@@ -92,6 +93,17 @@ class SearchParams(Section):
         return [dict(zip(keys, values)) for values in itertools.product(*(self.space[k] for k in keys))]
 
 
+class ObserveParams(Section):
+    log_every_n_steps: PositiveInt
+    gradient_norms: bool
+    histograms: bool
+    device_stats: bool
+    activations: bool
+    probe_size: PositiveInt
+    wandb: bool
+    wandb_project: str
+
+
 class ReportParams(Section):
     title: str
     mistakes_shown: PositiveInt
@@ -106,6 +118,7 @@ class Params(Section):
     sanity: SanityParams
     lr_find: LrFindParams
     search: SearchParams
+    observe: ObserveParams
     report: ReportParams
 
     def override(self, values: dict[str, Any]) -> "Params":

@@ -32,6 +32,8 @@ BEST_CKPT = MODELS / "best.ckpt"
 
 TB = Path("tb")
 LOGS = Path("logs")
+WANDB = LOGS / "wandb"  # offline Weights & Biases runs, when observe.wandb is on
+TIMING = RESULTS / "timing"
 REPORT_NOTEBOOK = Path("workflow/notebooks/report.ipynb")
 REPORT_HTML = Path("reports/report.html")
 
@@ -42,3 +44,7 @@ def tb_dir(stage: str) -> Path:
 
 def log_file(stage: str) -> Path:
     return LOGS / f"{stage}.log"
+
+
+def timing_file(stage: str) -> Path:
+    return TIMING / f"{stage}.json"

@@ -1,5 +1,6 @@
 """What every training stage shares: seeding, the Trainer, epoch history, weight averaging."""
 
+import logging
 import sys
 from typing import Any
 
@@ -7,6 +8,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 
 from litpipe.config import Params
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -27,16 +30,18 @@ def make_trainer(params: Params, **overrides: Any) -> pl.Trainer:
         # A live bar only where someone watches; batch logs get no carriage-return noise.
         enable_progress_bar=sys.stderr.isatty(),
         num_sanity_val_steps=0,
-        log_every_n_steps=1,
+        log_every_n_steps=params.observe.log_every_n_steps,
     )
     settings.update(overrides)
     return pl.Trainer(**settings)
 
 
 class History(Callback):
-    """One row of logged metrics per completed epoch, with the learning rate."""
+    """One row of logged metrics per completed epoch, with the learning rate; each row is also logged
+    as one plain line, so batch logs show progress without a progress bar's carriage returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
+        self.label = label
         self.rows: list[dict[str, float]] = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -50,7 +55,10 @@ class History(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Training metrics are aggregated after validation ran; complete this epoch's row.
         if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
-            self.rows[-1].update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+            row = self.rows[-1]
+            row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+            numbers = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+            log.info("%sepoch %d/%d %s", self.label, row["epoch"] + 1, trainer.max_epochs, numbers)
 
     def best(self, monitor: str = "val/loss") -> dict[str, float]:
         return min(self.rows, key=lambda row: row[monitor])

@@ -51,6 +51,24 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x.float() - self.mean) / self.std)
 
+    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the output of every hidden block, in eval mode and without gradients."""
+        captured: dict[str, torch.Tensor] = {}
+        hooks = [
+            block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+            for name, block in self.net.hidden.items()
+        ]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                logits = self(x)
+        finally:
+            self.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        return logits, captured
+
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)

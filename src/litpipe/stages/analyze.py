@@ -20,7 +20,8 @@ def run(params: Params) -> None:
     meta = load_meta()
     model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
     test = load_split("test")
-    logits, activations = forward_with_activations(model, test)
+    logits, activations = model.forward_with_activations(test.x)
+    activations = {name: values.flatten(1) for name, values in activations.items()}
 
     residuals = residual_table(logits, test.y)
     write_csv(residuals, paths.ANALYSIS / "predictions.csv")
@@ -35,6 +36,7 @@ def run(params: Params) -> None:
 
     pca = {name: project(values) for name, values in activations.items()}
     plot_pca(pca, test.y.numpy())
+    plot_activation_evolution(pd.read_csv(paths.FIT / "activations.csv"))
     write_json(
         paths.ANALYSIS / "summary.json",
         {
@@ -46,20 +48,6 @@ def run(params: Params) -> None:
         },
     )
     log.info("analysis: %d mistakes on %d test samples", (~residuals["correct"]).sum(), len(residuals))
-
-
-def forward_with_activations(model: Classifier, split: Split) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits for the split plus the output of every hidden block, captured by forward hooks."""
-    activations: dict[str, torch.Tensor] = {}
-    hooks = [
-        block.register_forward_hook(lambda _m, _i, out, name=name: activations.__setitem__(name, out.flatten(1)))
-        for name, block in model.net.hidden.items()
-    ]
-    with torch.no_grad():
-        logits = model(split.x)
-    for hook in hooks:
-        hook.remove()
-    return logits, activations
 
 
 def residual_table(logits: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
@@ -145,3 +133,29 @@ def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray)
         ax.set(title=f"{name}: PCA ({sum(ratio):.0%} of variance)", xlabel="PC1", ylabel="PC2")
     fig.colorbar(scatter, ax=fig.axes, label="class")
     plots.save(fig, paths.ANALYSIS / "activations_pca.png")
+
+
+def plot_activation_evolution(table: pd.DataFrame) -> None:
+    """How each hidden layer's activations on the probe batch changed over the fit's epochs."""
+    layers = list(dict.fromkeys(table["layer"]))
+    if not layers:
+        fig = plots.figure(6, 1)
+        fig.text(0.5, 0.5, "Activations were not tracked (observe.activations: false)", ha="center", va="center")
+        plots.save(fig, paths.ANALYSIS / "activations_evolution.png")
+        return
+    fig = plots.figure(4.5 * len(layers), 4)
+    for ax, layer in zip(np.atleast_1d(fig.subplots(1, len(layers))), layers):
+        rows = table[table["layer"] == layer]
+        epoch = rows["epoch"] + 1
+        ax.fill_between(epoch, rows["q05"], rows["q95"], alpha=0.2, color="tab:blue", label="5-95%")
+        ax.fill_between(epoch, rows["q25"], rows["q75"], alpha=0.4, color="tab:blue", label="25-75%")
+        ax.plot(epoch, rows["q50"], color="tab:blue", label="median")
+        ax.plot(epoch, rows["mean"], color="black", linestyle="--", label="mean")
+        ax.set(title=layer, xlabel="epoch", ylabel="activation")
+        dead = ax.twinx()
+        dead.plot(epoch, rows["dead_fraction"], color="tab:red", label="dead units")
+        dead.set_ylim(0, 1)
+        dead.set_ylabel("fraction of dead units", color="tab:red")
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle("Hidden activations on a fixed validation probe, per epoch")
+    plots.save(fig, paths.ANALYSIS / "activations_evolution.png")

@@ -3,20 +3,23 @@
 models/best.ckpt holds the weights with the lowest validation loss; once averaging has started
 those are the averaged weights, which are also the ones validated (see training.StochasticWeightAveraging).
 Early stopping may only stop training once the average has been validated for a full patience
-window, so it can never silently discard the average.
+window, so it can never silently discard the average. The run is tb/fit: an HPARAMS session
+with the same columns as the search trials, plus the test accuracy of the saved checkpoint.
 """
 
 import logging
 
 import pandas as pd
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from litpipe import paths, plots
 from litpipe.config import Params
-from litpipe.data.prepared import PreparedData, load_meta
+from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.io import atomic_path, read_json, write_json
 from litpipe.models.classifier import Classifier
+from litpipe.observe import wandb
+from litpipe.observe.monitors import ActivationTracker, monitors
+from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run, end_session, open_run, start_session
 from litpipe.training import History, StochasticWeightAveraging, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -27,11 +30,16 @@ MONITOR = "val/loss"
 def run(params: Params) -> None:
     searched = read_json(paths.SEARCH / "best.json")["params"]
     params = params.override(searched)
-    log.info("fitting with %s", {**params.model.model_dump(), **params.optim.model_dump()})
     seed_everything(params.seed)
+    meta, data = load_meta(), PreparedData(params.train.batch_size, params.seed)
+    model = Classifier.from_params(params, meta)
+    tensorboard, extra = open_run("fit"), wandb.wandb_loggers(params, "fit")
+    start_session(tensorboard, params, params.train.max_epochs)
+    provenance = describe_run(tensorboard, params, model)
 
     swa_start = swa_start_epoch(params)
     history, swa = History(), StochasticWeightAveraging(swa_start)
+    observers = monitors(params, load_split("val").head(params.observe.probe_size).x)
     checkpoint = ModelCheckpoint(
         dirpath=paths.BEST_CKPT.parent,
         filename=paths.BEST_CKPT.stem,
@@ -46,19 +54,30 @@ def run(params: Params) -> None:
     early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
     trainer = make_trainer(
         params,
-        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch")],
-        logger=TensorBoardLogger(str(paths.TB), name="fit", version="", default_hp_metric=False),
+        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), *observers],
+        logger=[tensorboard, *extra],
         enable_checkpointing=True,
-        enable_model_summary=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
     )
-    trainer.fit(Classifier.from_params(params, load_meta()), datamodule=PreparedData(params.train.batch_size, params.seed))
+    trainer.fit(model, datamodule=data)
+    test_acc = test_accuracy_of_checkpoint(params, data, tensorboard)
 
     table = pd.DataFrame(history.rows)
     best = history.best(MONITOR)
     with atomic_path(paths.FIT / "history.csv") as tmp:
         table.to_csv(tmp, index=False)
-    plot_curves(table, best, swa_start)
+    tracker = next((o for o in observers if isinstance(o, ActivationTracker)), None)
+    with atomic_path(paths.FIT / "activations.csv") as tmp:
+        pd.DataFrame(tracker.rows if tracker else [], columns=ActivationTracker.COLUMNS).to_csv(tmp, index=False)
+    figure = curves_figure(table, best, swa_start)
+    add_figure(tensorboard, "curves", figure, trainer.global_step)
+    plots.save(figure, paths.FIT / "curves.png")
+    end_session(
+        tensorboard,
+        {"hp/best_val_loss": best[MONITOR], "hp/best_val_acc": best["val/acc"], "hp/test_acc": test_acc},
+        trainer.global_step,
+    )
+
     metrics = {
         "best_epoch": int(best["epoch"]),
         "best_val_loss": best[MONITOR],
@@ -70,22 +89,34 @@ def run(params: Params) -> None:
         paths.FIT / "summary.json",
         {
             **metrics,
+            "test_acc_in_fit": test_acc,
             "searched_params": searched,
             "params": {"model": params.model.model_dump(), "optim": params.optim.model_dump()},
             "swa_start_epoch": swa_start,
             # The average is first updated at the end of epoch swa_start and validated from the next epoch.
             "checkpoint_is_averaged": best["epoch"] > swa_start,
             "early_stopped": early_stopping.stopped_epoch > 0,
+            **provenance,
         },
     )
     log.info("best epoch %d: val/loss %.4f, val/acc %.4f", best["epoch"], best[MONITOR], best["val/acc"])
+    add_log_file(tensorboard, paths.log_file("fit"))
+    wandb.finish(extra)
 
 
 def swa_start_epoch(params: Params) -> int:
     return max(0, round(params.train.swa_epoch_start * params.train.max_epochs) - 1)
 
 
-def plot_curves(table: pd.DataFrame, best: dict[str, float], swa_start: int) -> None:
+def test_accuracy_of_checkpoint(params: Params, data: PreparedData, tensorboard) -> float:
+    """Test accuracy of models/best.ckpt, for the HPARAMS table; the test stage re-checks it in a fresh process."""
+    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu")
+    (result,) = make_trainer(params, logger=tensorboard).test(model, datamodule=data, verbose=False)
+    log.info("test accuracy of the checkpoint: %.4f", result["test/acc"])
+    return result["test/acc"]
+
+
+def curves_figure(table: pd.DataFrame, best: dict[str, float], swa_start: int):
     fig = plots.figure(10, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
     for split in ("train", "val"):
@@ -98,4 +129,4 @@ def plot_curves(table: pd.DataFrame, best: dict[str, float], swa_start: int) -> 
         ax.legend()
     loss_ax.set(ylabel="cross-entropy", title="Loss", yscale="log")
     acc_ax.set(ylabel="accuracy", title="Accuracy")
-    plots.save(fig, paths.FIT / "curves.png")
+    return fig

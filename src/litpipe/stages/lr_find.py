@@ -10,6 +10,7 @@ from litpipe.data.prepared import PreparedData, load_meta
 from litpipe.errors import StageError
 from litpipe.io import write_json
 from litpipe.models.classifier import Classifier
+from litpipe.observe.tensorboard import add_figure, add_text, open_run
 from litpipe.training import make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ def run(params: Params) -> None:
 
     fig = finder.plot(suggest=True)
     fig.axes[0].set_title(f"LR finder: suggestion {suggestion:.3g}")
+    tensorboard = open_run("lr_find")
+    add_text(tensorboard, "lr_find", f"Suggested learning rate **{suggestion:.3g}** (optim.lr is {params.optim.lr:.3g}).")
+    add_figure(tensorboard, "lr_find/curve", fig)
     plots.save(fig, paths.LR_FIND / "lr_find.png")
     write_json(
         paths.LR_FIND / "lr_find.json",

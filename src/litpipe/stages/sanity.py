@@ -1,13 +1,20 @@
-"""sanity: prove the model can learn before spending compute on it.
+"""sanity: prove the model can learn, and see where the time goes, before spending compute on it.
 
 1. Overfit one fixed training batch: the loss on it must fall below sanity.overfit_max_loss,
    otherwise the pipeline stops here with a clear message.
 2. fast_dev_run: one batch through the train, validation and test loops.
+3. PyTorchProfiler over sanity.profile_batches training and validation batches, with a schedule
+   that fits that shortened epoch and an explicit output directory: an op table and traces.
 """
 
 import logging
+import re
+import shutil
 
 import pandas as pd
+import torch
+from lightning.pytorch.profilers import PyTorchProfiler
+from torch.profiler import ProfilerActivity
 
 from litpipe import paths, plots
 from litpipe.config import Params
@@ -15,14 +22,18 @@ from litpipe.data.prepared import Batches, PreparedData, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
 from litpipe.models.classifier import Classifier
+from litpipe.observe.tensorboard import add_code, add_figure, open_run
 from litpipe.training import History, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
+PROFILE_DIR = paths.SANITY / "profile"
+
 
 def run(params: Params) -> None:
     meta = load_meta()
-    history = overfit_one_batch(params, meta)
+    tensorboard = open_run("sanity")
+    history = overfit_one_batch(params, meta, tensorboard)
     final_loss = history["val/loss"].iloc[-1]
     if final_loss > params.sanity.overfit_max_loss:
         raise StageError(
@@ -33,32 +44,37 @@ def run(params: Params) -> None:
     log.info("overfit one batch: loss %.4f after %d steps", final_loss, len(history))
     dev_run = fast_dev_run(params, meta)
     log.info("fast_dev_run through train/val/test: ok")
+    operations = profile(params, meta)
+    log.info("profiler, top operations over %d batches:\n%s", params.sanity.profile_batches, operations)
 
     with atomic_path(paths.SANITY / "overfit.csv") as tmp:
         history.to_csv(tmp, index=False)
-    plot_overfit(history, params.sanity.overfit_max_loss)
-    write_json(
-        paths.SANITY / "summary.json",
-        {
-            "overfit": {
-                "batch_size": params.train.batch_size,
-                "steps": len(history),
-                "final_loss": final_loss,
-                "max_loss": params.sanity.overfit_max_loss,
-                "passed": True,
-            },
-            "fast_dev_run": dev_run,
+    figure = overfit_figure(history, params.sanity.overfit_max_loss)
+    add_figure(tensorboard, "sanity/overfit", figure)
+    plots.save(figure, paths.SANITY / "overfit.png")
+    summary = {
+        "overfit": {
+            "batch_size": params.train.batch_size,
+            "steps": len(history),
+            "final_loss": final_loss,
+            "max_loss": params.sanity.overfit_max_loss,
+            "passed": True,
         },
-    )
+        "fast_dev_run": dev_run,
+        "profile": {"batches": params.sanity.profile_batches, "directory": str(PROFILE_DIR)},
+    }
+    add_code(tensorboard, "sanity/summary", pd.json_normalize(summary).T.to_string(header=False))
+    add_code(tensorboard, "profile/top_operations", operations)
+    write_json(paths.SANITY / "summary.json", summary)
 
 
-def overfit_one_batch(params: Params, meta: dict) -> pd.DataFrame:
+def overfit_one_batch(params: Params, meta: dict, tensorboard) -> pd.DataFrame:
     """Train on one fixed batch; validate on that same batch in eval mode (no dropout)."""
     seed_everything(params.seed)
     batch = Batches(load_split("train").head(params.train.batch_size), params.train.batch_size, shuffle=False)
     model = Classifier.from_params(params, meta)
-    history = History()
-    trainer = make_trainer(params, max_epochs=params.sanity.overfit_epochs, callbacks=[history])
+    history = History(label="overfit ")
+    trainer = make_trainer(params, max_epochs=params.sanity.overfit_epochs, callbacks=[history], logger=tensorboard)
     trainer.fit(model, train_dataloaders=batch, val_dataloaders=batch)
     return pd.DataFrame(history.rows)
 
@@ -74,11 +90,39 @@ def fast_dev_run(params: Params, meta: dict) -> dict[str, float]:
     return {**fitted, **tested}
 
 
-def plot_overfit(history: pd.DataFrame, max_loss: float) -> None:
+def profile(params: Params, meta: dict) -> str:
+    """Profile a shortened epoch; returns the op table. Writes fit-profile.txt and one trace per loop."""
+    batches = params.sanity.profile_batches
+    shutil.rmtree(PROFILE_DIR, ignore_errors=True)
+    seed_everything(params.seed)
+    profiler = PyTorchProfiler(
+        dirpath=PROFILE_DIR,
+        filename="profile",
+        # Lightning's default schedule needs 5 steps and is silently replaced below that; this one
+        # warms up on the first batch and records the rest, so any profile_batches >= 2 fits.
+        schedule=torch.profiler.schedule(wait=0, warmup=1, active=batches - 1, repeat=1),
+        row_limit=20,
+        sort_by_key="cpu_time_total",
+        acc_events=True,  # the op table covers every recorded cycle, training and validation
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []),
+    )
+    trainer = make_trainer(
+        params, max_epochs=1, limit_train_batches=batches, limit_val_batches=batches, profiler=profiler
+    )
+    trainer.fit(Classifier.from_params(params, meta), datamodule=PreparedData(params.train.batch_size, params.seed))
+    # torch names traces <worker>.<milliseconds>.pt.trace.json; keep the loop, drop the timestamp.
+    for trace in PROFILE_DIR.glob("*.pt.trace.json"):
+        loop = re.search(r"(\w+_step)\.\d+\.pt\.trace\.json$", trace.name)
+        if loop:
+            trace.rename(PROFILE_DIR / f"{loop.group(1)}.pt.trace.json")
+    return (PROFILE_DIR / "fit-profile.txt").read_text()
+
+
+def overfit_figure(history: pd.DataFrame, max_loss: float):
     fig = plots.figure()
     ax = fig.add_subplot()
     ax.semilogy(history["epoch"] + 1, history["val/loss"], label="loss on the batch (eval mode)")
     ax.axhline(max_loss, color="tab:red", linestyle="--", label=f"required: < {max_loss}")
     ax.set(xlabel="step", ylabel="cross-entropy", title="Overfitting one batch")
     ax.legend()
-    plots.save(fig, paths.SANITY / "overfit.png")
+    return fig

@@ -1,0 +1,1 @@
+"""Observability: TensorBoard runs and HPARAMS sessions, training monitors, system information."""

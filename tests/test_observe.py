@@ -1,0 +1,229 @@
+"""Observability against the real TensorBoard server, plus the profiler, logs and W&B offline."""
+
+import csv
+import importlib.util
+import json
+import math
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from litpipe import paths
+from litpipe.config import Params
+from litpipe.observe.monitors import GradientNorms
+from litpipe.observe.tensorboard import HP_METRICS, hparam_columns, open_run
+from litpipe.stages import prepare, sanity
+from litpipe.training import make_trainer
+
+from .conftest import FAST, STAGES, require_tool, tool_env
+
+
+class TensorBoardServer:
+    """A real `tensorboard` on 127.0.0.1, queried through the HTTP API its frontend uses."""
+
+    def __init__(self, logdir: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen(
+            [require_tool("tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1",
+             "--port", str(self.port), "--load_fast", "false", "--reload_interval", "1"],
+            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def get(self, route: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{route}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, route: str, body: dict):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{route}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def session_groups(self, hparams: list[str]) -> list[dict]:
+        columns = [{"hparam": name, "includeInResult": True} for name in hparams]
+        columns += [{"metric": {"tag": tag, "group": ""}, "includeInResult": True} for tag in HP_METRICS]
+        body = {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": columns,
+            "startIndex": 0,
+            "sliceSize": 1000,
+        }
+        return self.post("/data/plugin/hparams/session_groups", body)["sessionGroups"]
+
+    def wait_until(self, ready, timeout: float = 90):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = ready()
+                if value:
+                    return value
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise AssertionError("tensorboard did not serve the runs in time")
+            time.sleep(1)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tensorboard(pipeline):
+    repo, _, _ = pipeline
+    server = TensorBoardServer(repo / "tb")
+    yield server
+    server.close()
+
+
+@pytest.mark.integration
+def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, tensorboard):
+    repo, _, _ = pipeline
+    completed = [row for row in csv.DictReader((repo / "results/search/trials.csv").open()) if row["state"] == "COMPLETE"]
+    expected_sessions = {"fit"} | {f"search/trial_{int(row['number']):04d}" for row in completed}
+    experiment = tensorboard.wait_until(
+        lambda: (e := tensorboard.post("/data/plugin/hparams/experiment", {"experimentName": ""}))["metricInfos"] and e
+    )
+    columns = [info["name"] for info in experiment["hparamInfos"]]
+    params = Params.model_validate(__import__("yaml").safe_load((repo / "params.yaml").read_text()))
+    assert set(columns) == set(hparam_columns(params, 1))
+    assert [info["name"]["tag"] for info in experiment["metricInfos"]] == list(HP_METRICS)
+
+    groups = tensorboard.wait_until(
+        lambda: (g := tensorboard.session_groups(columns)) and {x["name"] for x in g} == expected_sessions and g
+    )
+    test_accuracy = json.loads((repo / "results/test/metrics.json").read_text())["accuracy"]
+    for group in groups:
+        assert set(group["hparams"]) == set(columns), group["name"]  # same hyperparameter columns everywhere
+        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        wanted = HP_METRICS if group["name"] == "fit" else ("hp/best_val_loss", "hp/best_val_acc")
+        for tag in wanted:
+            assert math.isfinite(values[tag]), (group["name"], tag, values)
+        assert "hp/test_acc" in values or group["name"] != "fit"
+    fit = next(g for g in groups if g["name"] == "fit")
+    fit_test_acc = next(m["value"] for m in fit["metricValues"] if m["name"]["tag"] == "hp/test_acc")
+    # Eval parity: the fit's in-process test of its checkpoint equals the fresh-process test stage.
+    assert fit_test_acc == pytest.approx(test_accuracy, abs=1e-6)
+
+
+@pytest.mark.integration
+def test_text_histograms_and_scalars_reach_tensorboard(tensorboard):
+    text_tags = tensorboard.wait_until(lambda: (t := tensorboard.get("/data/plugin/text/tags")).get("fit") and t)
+    for tag in ("model/summary/text_summary", "system/text_summary", "git/text_summary", "params/text_summary", "log/text_summary"):
+        assert tag in text_tags["fit"]
+    summary = tensorboard.get("/data/plugin/text/text?run=fit&tag=model/summary/text_summary")
+    assert "In sizes" in summary[0]["text"] and "Out sizes" in summary[0]["text"]
+    system = tensorboard.get("/data/plugin/text/text?run=fit&tag=system/text_summary")[0]["text"]
+    assert "lightning" in system and "torch" in system
+    assert "lr_find/text_summary" in text_tags["lr_find"]
+    assert "search/summary/text_summary" in text_tags["search/summary"]
+    assert "profile/top_operations/text_summary" in text_tags["sanity"]
+
+    histograms = tensorboard.get("/data/plugin/histograms/tags")["fit"]
+    assert {"activations/hidden1", "activations/hidden2", "params/net.head.weight"} <= set(histograms)
+    scalars = tensorboard.get("/data/plugin/scalars/tags")
+    fit_scalars = set(scalars["fit"])
+    assert {"grad_norm/total", "grad_norm/net.head", "grad_norm/net.hidden.hidden1.0"} <= fit_scalars
+    assert {"activations/hidden1/mean", "activations/hidden1/std", "activations/hidden1/dead_fraction"} <= fit_scalars
+    assert {"device/cpu_percent", "device/ram_used_percent", "lr-Adam", "train/loss", "val/loss", "val/acc"} <= fit_scalars
+    assert {"grad_norm/total", "activations/hidden1/mean"} <= set(scalars["search/trial_0000"])
+
+
+@pytest.mark.integration
+def test_logs_mirror_what_tensorboard_gets(pipeline):
+    repo, _, _ = pipeline
+    log = (repo / "logs/fit.log").read_text()
+    assert "model summary:" in log and "In sizes" in log
+    assert "epoch 1/60 " in log and "val/loss=" in log and "train/loss=" in log
+    assert "\r" not in log  # plain lines, no progress-bar carriage returns in batch logs
+    assert "trial 0 epoch 1/30" in (repo / "logs/search.log").read_text()
+
+
+@pytest.mark.integration
+def test_activations_and_wall_times_are_recorded_for_analysis_and_report(pipeline):
+    repo, _, _ = pipeline
+    rows = list(csv.DictReader((repo / "results/fit/activations.csv").open()))
+    epochs = json.loads((repo / "results/fit/metrics.json").read_text())["epochs"]
+    assert len(rows) == 2 * epochs  # one row per hidden layer per epoch
+    assert {"mean", "std", "dead_fraction", "q05", "q50", "q95"} <= set(rows[0])
+    assert all(0 <= float(row["dead_fraction"]) <= 1 for row in rows)
+    assert (repo / "results/analysis/activations_evolution.png").stat().st_size > 0
+    for stage in STAGES:
+        timing = json.loads((repo / f"results/timing/{stage}.json").read_text())
+        assert timing["stage"] == stage and timing["seconds"] > 0
+
+
+@pytest.fixture
+def digits(tmp_path, monkeypatch, default_params) -> Params:
+    monkeypatch.chdir(tmp_path)
+    params = Params.model_validate(default_params).override({k: v for k, v in FAST.items() if k != "search.space"})
+    prepare.run(params)
+    return params
+
+
+def test_profiler_on_three_batches_writes_a_training_trace_and_an_op_table(digits):
+    operations = sanity.profile(digits.override({"sanity.profile_batches": 3}), json.loads(paths.META.read_text()))
+    traces = sorted(p.name for p in sanity.PROFILE_DIR.iterdir() if p.name.endswith(".pt.trace.json"))
+    assert traces == ["training_step.pt.trace.json", "validation_step.pt.trace.json"]
+    events = json.loads((sanity.PROFILE_DIR / "training_step.pt.trace.json").read_text())["traceEvents"]
+    names = {event.get("name", "") for event in events}
+    assert any("training_step" in name for name in names)
+    assert any(name.startswith("Optimizer.step") for name in names)
+    assert (sanity.PROFILE_DIR / "fit-profile.txt").read_text() == operations
+    assert "CPU total" in operations and "aten::addmm" in operations and "Optimizer.step" in operations
+
+
+def test_progress_bar_only_on_a_terminal(digits):
+    # Under pytest stderr is not a terminal: no live bar, the History lines carry the progress.
+    assert make_trainer(digits).progress_bar_callback is None
+
+
+class Exploding(pl.LightningModule):
+    """A real module whose gradients become NaN after the first step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).sum()
+        return loss * float("nan") if self.global_step > 0 else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_non_finite_gradient_norms_are_skipped_with_a_warning(tmp_path, monkeypatch, digits, caplog):
+    run = open_run("guard")
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(6, 4)), batch_size=2)
+    trainer = make_trainer(digits, max_epochs=1, logger=run, callbacks=[GradientNorms(every=1)], gradient_clip_val=None)
+    trainer.fit(Exploding(), train_dataloaders=data)
+    events = EventAccumulator(str(paths.TB / "guard")).Reload()
+    logged = events.Scalars("grad_norm/total")
+    assert [e.step for e in logged] == [0] and math.isfinite(logged[0].value)
+    assert "non-finite gradient norms at step 1" in caplog.text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is optional and not installed")
+def test_wandb_offline_run_is_written(digits, monkeypatch):
+    from litpipe.io import write_json
+    from litpipe.stages import fit
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    write_json(paths.SEARCH / "best.json", {"params": {}})
+    fit.run(digits.override({"observe.wandb": True, "train.max_epochs": 2}))
+    runs = list((paths.WANDB / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
