@@ -131,6 +131,8 @@ def test_text_histograms_and_scalars_reach_tensorboard(tensorboard):
     assert "search/summary/text_summary" in text_tags["search/summary"]
     assert "profile/top_operations/text_summary" in text_tags["sanity"]
 
+    images = tensorboard.get("/data/plugin/images/tags")
+    assert "curves" in images["fit"] and "lr_find/curve" in images["lr_find"] and "sanity/overfit" in images["sanity"]
     histograms = tensorboard.get("/data/plugin/histograms/tags")["fit"]
     assert {"activations/hidden1", "activations/hidden2", "params/net.head.weight"} <= set(histograms)
     scalars = tensorboard.get("/data/plugin/scalars/tags")

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 from litpipe import paths
 
@@ -63,14 +64,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def log_to(log_file: os.PathLike) -> None:
-    """Messages go to stderr and to logs/<stage>.log (cluster job output files have opaque names)."""
+    """Messages go to stdout (errors to stderr) and to logs/<stage>.log (cluster job output files
+    have opaque names)."""
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, mode="w")]
+    progress, errors = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    progress.addFilter(lambda record: record.levelno < logging.ERROR)
+    errors.setLevel(logging.ERROR)
+    handlers: list[logging.Handler] = [progress, errors, logging.FileHandler(log_file, mode="w")]
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_DropAdverts())
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    logging.captureWarnings(True)  # library warnings reach the log file too
+    # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated pytree API; nothing to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class _DropAdverts(logging.Filter):
