@@ -31,8 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=str(paths.PARAMS), help="parameter file (default: %(default)s)")
     commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, summary in STAGES.items():
-        commands.add_parser(name, help=summary, description=summary)
+        command = commands.add_parser(name, help=summary, description=summary)
+        if name == "search":
+            command.add_argument(
+                "--part", choices=("setup", "worker", "collect"),
+                help="run one part only, as cluster jobs do (default: all, with search.n_workers local workers)",
+            )
+            command.add_argument("--worker", type=int, default=0, metavar="N", help="worker index (with --part worker)")
     args = parser.parse_args(argv)
+    part = getattr(args, "part", None)
+    task = args.stage if part is None else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
 
     from litpipe.config import load_params
     from litpipe.errors import ConfigError, StageError
@@ -46,20 +54,25 @@ def main(argv: list[str] | None = None) -> int:
 
     # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    log_to(paths.log_file(args.stage))
+    log_to(paths.log_file(task))
     log = logging.getLogger("litpipe")
     started = time.perf_counter()
     stage = importlib.import_module(f"litpipe.stages.{args.stage}")
     adopt_library_loggers()
     try:
-        stage.run(params)
+        if part is None:
+            stage.run(params)
+        elif part == "worker":
+            stage.worker(params, args.worker)
+        else:
+            getattr(stage, part)(params)
     except StageError as error:
-        log.error("%s failed: %s", args.stage, error)
+        log.error("%s failed: %s", task, error)
         return 1
     seconds = time.perf_counter() - started
-    # Recorded for the report, which totals them and suggests SLURM time limits.
-    write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
-    log.info("%s finished in %.1f s", args.stage, seconds)
+    if part is None:  # recorded for the report, which totals them and suggests SLURM time limits
+        write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
+    log.info("%s finished in %.1f s", task, seconds)
     return 0
 
 

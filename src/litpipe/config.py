@@ -4,7 +4,6 @@ Every tunable number lives in params.yaml and nowhere else: these models declare
 allowed ranges but no defaults, so a missing key is an error rather than a silent fallback.
 """
 
-import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from litpipe.data import DATASETS
 from litpipe.errors import ConfigError
+from litpipe.search import space as search_space
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0)]
-Scalar = bool | int | float | str
 
 
 class Section(BaseModel):
@@ -83,14 +82,35 @@ class LrFindParams(Section):
 
 class SearchParams(Section):
     enabled: bool
-    sampler: Literal["grid"]
+    sampler: Literal["grid", "random", "tpe"]
+    n_trials: PositiveInt  # random and tpe; the grid runs each of its points once
+    n_workers: PositiveInt
+    storage: str  # "journal" (a file next to the results) or an RDB URL
+    pruner: Literal["median", "none"]
+    pruner_startup_trials: Annotated[int, Field(ge=0)]
+    pruner_warmup_epochs: Annotated[int, Field(ge=0)]
+    heartbeat_seconds: PositiveInt  # database storages: a trial silent for 3 intervals is retried
     max_epochs: PositiveInt
-    space: dict[str, Annotated[list[Scalar], Field(min_length=1)]]
+    space: Annotated[dict[str, Any], Field(min_length=1)]
 
-    def grid(self) -> list[dict[str, Scalar]]:
-        """Every combination of the space, in a stable order."""
-        keys = sorted(self.space)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.space[k] for k in keys))]
+    @field_validator("storage")
+    @classmethod
+    def known_storage(cls, storage: str) -> str:
+        if storage != "journal" and "://" not in storage:
+            raise ValueError(f"'journal' or a database URL such as postgresql://user@host/db (got {storage!r})")
+        return storage
+
+    @model_validator(mode="after")
+    def consistent(self) -> "SearchParams":
+        dimensions = search_space.parse(self.space)
+        if self.sampler == "grid":
+            search_space.grid(dimensions)  # raises on ranges
+        if self.storage.startswith("sqlite") and self.n_workers > 1:
+            raise ValueError("SQLite cannot be shared by parallel workers; use n_workers: 1, 'journal' or PostgreSQL")
+        return self
+
+    def dimensions(self) -> dict[str, search_space.Dimension]:
+        return search_space.parse(self.space)
 
 
 class ObserveParams(Section):
@@ -137,13 +157,13 @@ class Params(Section):
         # A search key must name a tunable param and each value must pass that param's own
         # validation, so a typo in the space fails now rather than in trial 7.
         tunable = {"model": ModelParams, "optim": OptimParams, "train": TrainParams}
-        for dotted, values in self.search.space.items():
+        for dotted, dimension in self.search.dimensions().items():
             section, _, field = dotted.partition(".")
             if section not in tunable or field not in tunable[section].model_fields:
                 allowed = ", ".join(f"{s}.<{'|'.join(m.model_fields)}>" for s, m in tunable.items())
                 raise ValueError(f"search.space: unknown key {dotted!r}; allowed: {allowed}")
             current = getattr(self, section).model_dump()
-            for value in values:
+            for value in search_space.endpoints(dimension):
                 try:
                     tunable[section].model_validate({**current, field: value})
                 except ValidationError as error:

@@ -1,125 +1,130 @@
-"""search: Optuna over search.space; each trial trains the model for search.max_epochs.
+"""search: Optuna over search.space with search.n_workers processes sharing one study.
 
-The grid is enqueued once as waiting trials, so every point runs exactly once, and a study
-stored in the journal file resumes where it stopped. Each trial is a TensorBoard run,
-tb/search/trial_NNNN, and a session in the HPARAMS tab.
+Three parts, so a cluster can run them as separate jobs (`litpipe search --part ...`):
+    setup    create or resume the study, recover trials of stopped workers, enqueue the grid
+    worker   take trials until the study needs no more (run N of these, anywhere)
+    collect  write trials.csv, best.json and the plots
+`litpipe search` runs all three, the workers as local processes (each GPU gets its share).
+Each trial is a TensorBoard run, tb/search/trial_NNNN, and a session in the HPARAMS tab.
 """
 
 import logging
-from typing import Any
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
 
 import optuna
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 
 from litpipe import paths
 from litpipe.config import Params
-from litpipe.data.prepared import PreparedData, load_meta, load_split
-from litpipe.io import atomic_path, write_json
-from litpipe.models.classifier import Classifier
-from litpipe.observe import wandb
-from litpipe.observe.monitors import monitors
-from litpipe.observe.tensorboard import add_code, add_params, end_session, open_run, start_session
-from litpipe.training import History, make_trainer, seed_everything
+from litpipe.errors import StageError
+from litpipe.search import outputs
+from litpipe.search import study as shared
+from litpipe.search.trial import TrialRunner
 
 log = logging.getLogger(__name__)
 
-STUDY_NAME = "litpipe"
-JOURNAL = paths.SEARCH / "study.journal"
-MONITOR = "val/loss"
-
 
 def run(params: Params) -> None:
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
     if not params.search.enabled:
         log.info("search.enabled is false: fit will use the values in params.yaml")
-        write_outputs(None)
+        outputs.write_disabled(shared.JOURNAL)
         return
-    study = open_study()
-    enqueue_grid(study, params.search.grid())
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    log.info("search: %d grid points, %d to run", len(params.search.grid()), waiting)
-    study.optimize(Objective(params), n_trials=waiting)
-    log.info("best trial %d: %s=%.4f with %s", study.best_trial.number, MONITOR, study.best_value, study.best_params)
-    write_outputs(study)
-
-
-def open_study() -> optuna.Study:
-    JOURNAL.parent.mkdir(parents=True, exist_ok=True)
-    backend = JournalFileBackend(str(JOURNAL), lock_obj=JournalFileOpenLock(str(JOURNAL)))
-    return optuna.create_study(
-        study_name=STUDY_NAME, storage=JournalStorage(backend), direction="minimize", load_if_exists=True
-    )
-
-
-def enqueue_grid(study: optuna.Study, grid: list[dict[str, Any]]) -> None:
-    """Add each grid point the study has not seen yet as a waiting trial."""
-    seen = [trial.params or trial.system_attrs.get("fixed_params", {}) for trial in study.get_trials(deepcopy=False)]
-    for point in grid:
-        if point not in seen:
-            study.enqueue_trial(point)
-
-
-class Objective:
-    def __init__(self, params: Params) -> None:
-        self.params = params
-        self.meta = load_meta()
-        self.data = PreparedData(params.train.batch_size, params.seed)  # loaded once, shared by trials
-        self.probe = load_split("val").head(params.observe.probe_size).x
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        space = self.params.search.space
-        chosen = {key: trial.suggest_categorical(key, values) for key, values in space.items()}
-        params = self.params.override(chosen)
-        run = f"search/trial_{trial.number:04d}"
-        tensorboard, extra = open_run(run), wandb.wandb_loggers(params, run)
-        start_session(tensorboard, params, params.search.max_epochs)
-        add_params(tensorboard, params)
-        seed_everything(params.seed)
-        history = History(label=f"trial {trial.number} ")
-        callbacks = [
-            history,
-            EarlyStopping(MONITOR, patience=params.train.early_stopping_patience),
-            LearningRateMonitor("epoch"),
-            *monitors(params, self.probe),
-        ]
-        trainer = make_trainer(
-            params, max_epochs=params.search.max_epochs, callbacks=callbacks, logger=[tensorboard, *extra]
-        )
-        trainer.fit(Classifier.from_params(params, self.meta), datamodule=self.data)
-        best = history.best(MONITOR)
-        end_session(
-            tensorboard, {"hp/best_val_loss": best[MONITOR], "hp/best_val_acc": best["val/acc"]}, trainer.global_step
-        )
-        wandb.finish(extra)
-        trial.set_user_attr("best_epoch", int(best["epoch"]))
-        trial.set_user_attr("val_acc", best["val/acc"])
-        log.info("trial %d %s: %s=%.4f val/acc=%.4f", trial.number, chosen, MONITOR, best[MONITOR], best["val/acc"])
-        return best[MONITOR]
-
-
-def write_outputs(study: optuna.Study | None) -> None:
-    if study is None:
-        best: dict[str, Any] = {"enabled": False, "params": {}}
-        trials = "number,value,state\n"
+    setup(params)
+    if params.search.n_workers == 1:
+        worker(params, 0)
     else:
-        trial = study.best_trial
-        best = {
-            "enabled": True,
-            "params": trial.params,
-            "trial": trial.number,
-            "monitor": MONITOR,
-            "value": trial.value,
-            "val_acc": trial.user_attrs["val_acc"],
-            "best_epoch": trial.user_attrs["best_epoch"],
-        }
-        table = study.trials_dataframe()
-        trials = table.to_csv(index=False)
-        summary = table.drop(columns=[c for c in table.columns if c.startswith(("datetime", "system_attrs"))])
-        add_code(open_run("search/summary"), "search/summary", f"best: {best}\n\n{summary.to_string(index=False)}")
-    with atomic_path(paths.SEARCH / "trials.csv") as tmp:
-        tmp.write_text(trials)
-    write_json(paths.SEARCH / "best.json", best)
+        run_workers(params)
+    collect(params)
+
+
+def setup(params: Params) -> None:
+    _route_optuna_logs()
+    study = shared.setup(params)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        shutil.rmtree(paths.tb_dir("search"), ignore_errors=True)  # a new study: no stale trial runs
+    counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    log.info("study %s in %s: %s", study.study_name, _where(params), counts)
+
+
+def worker(params: Params, index: int) -> None:
+    """Run trials until the study needs no more; SIGTERM (as SLURM sends) fails the current trial."""
+    _route_optuna_logs()
+    terminated = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    if not torch.cuda.is_available():  # workers share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.search.n_workers))
+    study, runner = shared.open_study(params), TrialRunner(params)
+    done = 0
+    while not terminated and (trial := shared.next_trial(study, params, stop=lambda: bool(terminated))) is not None:
+        state, value = TrialState.FAIL, None
+        try:
+            with shared.heartbeat(study, trial):
+                value, state = runner(trial), TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except SIGTERMException:
+            terminated.append(signal.SIGTERM)
+        finally:
+            study.tell(trial, value, state=state)
+        log.info("worker %d: trial %d %s", index, trial.number, state.name)
+        done += 1
+    if terminated:
+        raise StageError(f"worker {index} stopped by SIGTERM after {done} trials; run the stage again to finish")
+    log.info("worker %d: no trials left after running %d", index, done)
+
+
+def run_workers(params: Params) -> None:
+    """Start n_workers `litpipe search --part worker` processes; on a GPU machine they share the GPUs round-robin."""
+    gpus = torch.cuda.device_count()
+    processes = []
+    for index in range(params.search.n_workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        command = [sys.executable, "-m", "litpipe.cli", "search", "--part", "worker", "--worker", str(index)]
+        processes.append(subprocess.Popen(command, env=env))
+    log.info("started %d workers (pids %s)", len(processes), ", ".join(str(p.pid) for p in processes))
+    failed = [(index, p.wait()) for index, p in enumerate(processes)]
+    failed = [(index, code) for index, code in failed if code != 0]
+    if not failed:
+        return
+    described = ", ".join(f"worker {i} exited with {_exit_reason(code)}" for i, code in failed)
+    unfinished = shared.open_study(params).get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    if unfinished:
+        raise StageError(f"{described}; completed trials are kept, run the stage again to finish the study")
+    log.warning("%s; the other workers retried its trials and finished the study", described)
+
+
+def collect(params: Params) -> None:
+    _route_optuna_logs()
+    study = shared.open_study(params)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    if waiting:
+        raise StageError(f"{len(waiting)} trials are not finished; run the workers (or the stage) again")
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise StageError(f"no trial of study {study.study_name} completed; see logs/search*.log")
+    best = outputs.write(study)
+    log.info("best trial %d: val/loss=%.4f with %s; trials by state: %s",
+             best["trial"], best["value"], best["params"], best["states"])
+
+
+def _route_optuna_logs() -> None:
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    # Heartbeats and the plots are marked experimental on every call; the log needs it once at most.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _where(params: Params) -> str:
+    return str(shared.JOURNAL) if params.search.storage == "journal" else params.search.storage.split("@")[-1]
+
+
+def _exit_reason(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"

@@ -1,0 +1,1 @@
+"""Hyperparameter search: the space, the shared Optuna study, the trial, the outputs."""

@@ -1,0 +1,125 @@
+"""search.space: what each entry means, the grid it spans, and how a trial samples it.
+
+    model.width: [128, 512]                  categorical (every sampler; the grid's axes)
+    model.dropout: {low: 0.0, high: 0.5}     float range (random, tpe); `step` allowed
+    model.depth: {low: 1, high: 3}           int range when both ends are integers
+    optim.lr: {low: 1.0e-4, high: 0.1, log: true}
+    optim.lr: {lr_find: [0.3, 1, 3]}         multiples of the lr_find stage's suggestion
+
+Kept free of Optuna imports: params validation uses it.
+"""
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Categorical:
+    values: tuple[Scalar, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool
+    step: float | None
+    integer: bool
+
+
+@dataclass(frozen=True)
+class LrFindMultiples:
+    multiples: tuple[float, ...]
+
+
+Dimension = Categorical | Range | LrFindMultiples
+RELATIVE_SUFFIX = "@lr_find"  # the Optuna param of optim.lr given as multiples: "optim.lr@lr_find"
+
+
+def parse(space: dict[str, Any]) -> dict[str, Dimension]:
+    return {key: parse_dimension(key, raw) for key, raw in space.items()}
+
+
+def parse_dimension(key: str, raw: Any) -> Dimension:
+    where = f"search.space.{key}"
+    if isinstance(raw, list):
+        if not raw or not all(isinstance(v, Scalar) for v in raw):
+            raise ValueError(f"{where}: a list needs at least one value, each a number, string or boolean")
+        return Categorical(tuple(raw))
+    if isinstance(raw, dict) and set(raw) == {"lr_find"}:
+        multiples = raw["lr_find"]
+        if key != "optim.lr":
+            raise ValueError(f"{where}: lr_find multiples apply to optim.lr only")
+        if not isinstance(multiples, list) or not multiples or not all(_positive(m) for m in multiples):
+            raise ValueError(f"{where}.lr_find: a list of positive numbers, e.g. [0.3, 1, 3]")
+        return LrFindMultiples(tuple(float(m) for m in multiples))
+    if isinstance(raw, dict) and {"low", "high"} <= set(raw) <= {"low", "high", "log", "step"}:
+        low, high, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
+        if not (_number(low) and _number(high) and low < high):
+            raise ValueError(f"{where}: low and high must be numbers with low < high (got {low!r}, {high!r})")
+        if not isinstance(log, bool) or (log and low <= 0):
+            raise ValueError(f"{where}: log must be true or false, and a log range needs low > 0")
+        if step is not None and (not _positive(step) or log):
+            raise ValueError(f"{where}: step must be a positive number, and cannot be combined with log")
+        integer = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+        return Range(low, high, log, step, integer)
+    raise ValueError(
+        f"{where}: expected a list of values, {{low, high[, log][, step]}} or {{lr_find: [multiples]}} (got {raw!r})"
+    )
+
+
+def grid(dimensions: dict[str, Dimension]) -> list[dict[str, Scalar]]:
+    """Every combination, as Optuna param values, in a stable order. Only lists and lr_find multiples."""
+    axes = {name: values for name, values in _axes(dimensions)}
+    names = sorted(axes)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def _axes(dimensions: dict[str, Dimension]):
+    for key, dimension in dimensions.items():
+        if isinstance(dimension, Categorical):
+            yield key, dimension.values
+        elif isinstance(dimension, LrFindMultiples):
+            yield key + RELATIVE_SUFFIX, dimension.multiples
+        else:
+            raise ValueError(f"search.space.{key}: the grid sampler needs a list of values, not a range")
+
+
+def uses_lr_find(dimensions: dict[str, Dimension]) -> bool:
+    return any(isinstance(d, LrFindMultiples) for d in dimensions.values())
+
+
+def suggest(trial, dimensions: dict[str, Dimension], lr_suggestion: float | None) -> dict[str, Any]:
+    """Sample one point through an Optuna trial; returns dotted param -> value to override."""
+    chosen: dict[str, Any] = {}
+    for key, dimension in dimensions.items():
+        if isinstance(dimension, Categorical):
+            chosen[key] = trial.suggest_categorical(key, list(dimension.values))
+        elif isinstance(dimension, LrFindMultiples):
+            multiple = trial.suggest_categorical(key + RELATIVE_SUFFIX, list(dimension.multiples))
+            chosen[key] = multiple * lr_suggestion
+        elif dimension.integer:
+            chosen[key] = trial.suggest_int(key, dimension.low, dimension.high, step=dimension.step or 1, log=dimension.log)
+        else:
+            chosen[key] = trial.suggest_float(key, dimension.low, dimension.high, step=dimension.step, log=dimension.log)
+    return chosen
+
+
+def endpoints(dimension: Dimension) -> tuple[Scalar, ...]:
+    """The values to check against the param's own validation."""
+    if isinstance(dimension, Categorical):
+        return dimension.values
+    if isinstance(dimension, Range):
+        return (dimension.low, dimension.high)
+    return ()  # multiples of a suggestion: checked when the trial resolves them
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0

@@ -1,0 +1,205 @@
+"""The shared Optuna study: storage, a deterministic name, setup, and taking trials atomically.
+
+Exact grid coverage: `setup` enqueues each missing grid point once as a WAITING trial, and
+workers take waiting trials with a compare-and-set on the storage (WAITING -> RUNNING), so no
+point runs twice and none is lost however many workers there are. Nothing samples new points
+for the grid.
+
+Fault tolerance: the journal file has no heartbeats, so `setup` (which runs while no worker
+does) marks trials left RUNNING by a killed worker as FAIL and enqueues their point again.
+Database storages get heartbeats: a live worker's trial keeps beating, a dead one's goes stale,
+and any worker fails it and retries its point.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import Trial, TrialState
+
+from litpipe import paths
+from litpipe.config import Params
+from litpipe.io import read_json
+from litpipe.search import space as search_space
+
+log = logging.getLogger(__name__)
+
+JOURNAL = paths.SEARCH / "study.journal"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def lr_suggestion(params: Params) -> float | None:
+    if not search_space.uses_lr_find(params.search.dimensions()):
+        return None
+    return read_json(paths.LR_FIND / "lr_find.json")["suggestion"]
+
+
+def study_name(params: Params) -> str:
+    """Everything that changes what a trial computes, hashed: same settings, same study, resumed."""
+    defining = {
+        "data": params.data.model_dump(),
+        "seed": params.seed,
+        "base": {s: getattr(params, s).model_dump() for s in ("model", "optim", "train")},
+        "search": params.search.model_dump(include={"sampler", "space", "max_epochs", "pruner",
+                                                    "pruner_startup_trials", "pruner_warmup_epochs"}),
+        "lr_find": lr_suggestion(params),
+    }
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
+    return f"litpipe-{digest}"
+
+
+def open_storage(params: Params) -> BaseStorage:
+    url = params.search.storage
+    if url == "journal":
+        JOURNAL.parent.mkdir(parents=True, exist_ok=True)
+        # The open(2)-based lock works on NFS, unlike the default symlink lock on some filesystems.
+        return JournalStorage(JournalFileBackend(str(JOURNAL), lock_obj=JournalFileOpenLock(str(JOURNAL))))
+    if url.startswith("sqlite"):
+        return RDBStorage(url)  # single worker only (validated in params)
+    # A trial whose worker stopped beating for three intervals is failed and its point re-enqueued
+    # (RetryHeartbeatStaleTrialCallback keeps the grid point's fixed params).
+    interval = params.search.heartbeat_seconds
+    return RDBStorage(
+        url,
+        heartbeat_interval=interval,
+        grace_period=3 * interval,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+    )
+
+
+def open_study(params: Params) -> optuna.Study:
+    return optuna.create_study(
+        study_name=study_name(params),
+        storage=open_storage(params),
+        direction="minimize",
+        sampler=make_sampler(params),
+        pruner=make_pruner(params),
+        load_if_exists=True,
+    )
+
+
+def make_sampler(params: Params) -> optuna.samplers.BaseSampler:
+    if params.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=params.seed)
+    if params.search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=params.seed)
+    return optuna.samplers.RandomSampler(seed=params.seed)  # grid trials are all enqueued: never consulted
+
+
+def make_pruner(params: Params) -> optuna.pruners.BasePruner:
+    if params.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=params.search.pruner_startup_trials, n_warmup_steps=params.search.pruner_warmup_epochs
+    )
+
+
+def setup(params: Params) -> optuna.Study:
+    """Create or load the study; recover trials a killed worker left RUNNING; enqueue the missing grid points.
+
+    Must run while no worker of this study is running (the stage and the Snakemake rule ensure it).
+    """
+    study = open_study(params)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        log.warning("trial %d was left running by a stopped worker: marking it failed", trial.number)
+        study.tell(trial.number, state=TrialState.FAIL)
+    if params.search.sampler == "grid":
+        enqueue_missing(study, search_space.grid(params.search.dimensions()))
+    return study
+
+
+def enqueue_missing(study: optuna.Study, grid: list[dict[str, Any]]) -> None:
+    """Enqueue each grid point that has no finished, running or waiting trial."""
+    covered = [
+        trial.system_attrs.get("fixed_params", trial.params)
+        for trial in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING))
+    ]
+    for point in grid:
+        if point not in covered:
+            study.enqueue_trial(point)
+
+
+def next_trial(study: optuna.Study, params: Params, stop: Callable[[], bool]) -> Trial | None:
+    """The next trial for this worker, or None when the study needs no more.
+
+    With heartbeats, a worker that finds the queue empty waits while other trials run: if one of
+    their workers dies, its trial goes stale and comes back to the queue for this worker to take.
+    """
+    interval = _heartbeat_interval(study)
+    while not stop():
+        fail_stale_trials(study)  # database storages: fail and re-enqueue trials whose worker died
+        taken = take_waiting(study)
+        if taken is not None:
+            return taken
+        started = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if params.search.sampler != "grid" and len(started) < params.search.n_trials:
+            return study.ask()
+        if interval is None or not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return None
+        time.sleep(interval)
+    return None
+
+
+def take_waiting(study: optuna.Study) -> Trial | None:
+    """Take a WAITING trial with a compare-and-set: of two workers racing for it, one gets it."""
+    storage = _storage(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return Trial(study, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: Trial) -> Iterator[None]:
+    """Beat for a trial while it runs, where the storage supports heartbeats."""
+    storage = _storage(study)
+    interval = _heartbeat_interval(study)
+    if interval is None:
+        yield  # the journal file: setup recovers trials of stopped workers instead
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number
+    )
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    return getattr(_storage(study), "get_heartbeat_interval", lambda: None)()
+
+
+def _storage(study: optuna.Study) -> BaseStorage:
+    # Optuna has no public accessor for a study's storage; the trial-level calls below are the
+    # same public BaseStorage API that Study.ask uses to pop its queue.
+    return study._storage  # noqa: SLF001

@@ -1,0 +1,275 @@
+"""The search: space parsing, exact grid coverage with parallel workers, resume after SIGKILL and
+SIGTERM, pruning, samplers, lr_find-relative learning rates, and PostgreSQL with heartbeats."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from litpipe.config import Params, load_params
+from litpipe.errors import ConfigError
+from litpipe.search import space as search_space
+from litpipe.stages import prepare
+
+from .conftest import REQUIRE_TOOLS, tool_env
+
+GRID_12 = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1], "model.depth": [1, 2]}
+
+
+def settings(**search: object) -> dict:
+    """Small trials: the point is how trials are scheduled, not how good they are."""
+    return {
+        "train.early_stopping_patience": 50,
+        "observe.histograms": False,
+        "observe.device_stats": False,
+        "search.pruner": "none",
+        "search.max_epochs": 2,
+        **{f"search.{k}": v for k, v in search.items()},
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, default_params):
+    """A directory with params.yaml and the prepared digits data; returns a function that sets params."""
+    monkeypatch.chdir(tmp_path)
+    prepare.run(Params.model_validate(default_params))
+
+    def write_params(changes: dict) -> Params:
+        params = Params.model_validate(default_params).override(changes)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+        return params
+
+    return write_params
+
+
+def litpipe(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["litpipe", *args], env=tool_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"litpipe {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr}")
+    return result
+
+
+def trials() -> list[dict]:
+    return list(csv.DictReader(open("results/search/trials.csv")))
+
+
+def point(row: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in row.items() if k.startswith("params_")))
+
+
+# --- the space -----------------------------------------------------------------------------
+
+
+def test_space_kinds_parse():
+    dims = search_space.parse({
+        "model.width": [64, 128],
+        "model.depth": {"low": 1, "high": 3},
+        "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+        "optim.lr": {"lr_find": [0.3, 1, 3]},
+    })
+    assert dims["model.width"] == search_space.Categorical((64, 128))
+    assert dims["model.depth"].integer and not dims["optim.weight_decay"].integer
+    assert dims["optim.lr"] == search_space.LrFindMultiples((0.3, 1.0, 3.0))
+    with pytest.raises(ValueError, match="grid sampler needs a list"):
+        search_space.grid(dims)
+    grid = search_space.grid({k: v for k, v in dims.items() if k in ("model.width", "optim.lr")})
+    assert len(grid) == 6 and {"model.width", "optim.lr@lr_find"} == set(grid[0])
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"space": {"model.dropout": {"low": 0.0, "high": 0.5}}}, "search.space.model.dropout: the grid sampler needs a list"),
+        ({"space": {"model.width": {"lr_find": [1]}}}, "search.space.model.width: lr_find multiples apply to optim.lr only"),
+        ({"space": {"model.width": {"low": 8}}}, "search.space.model.width: expected a list of values"),
+        ({"space": {"model.dropout": {"low": 0.5, "high": 0.1}}, "sampler": "tpe"}, "low < high"),
+        ({"space": {"model.dropout": [0.1, 1.5]}}, "search.space.model.dropout: value 1.5"),
+        ({"storage": "sqlite:///study.db", "n_workers": 2}, "SQLite cannot be shared by parallel workers"),
+        ({"storage": "postgres"}, "search.storage: 'journal' or a database URL"),
+    ],
+)
+def test_bad_search_settings_are_config_errors(tmp_path, default_params, search, message):
+    params = json.loads(json.dumps(default_params))
+    params["search"].update(search)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_params(path)
+
+
+# --- scheduling and fault tolerance ------------------------------------------------------------
+
+
+def test_grid_of_12_with_2_workers_runs_each_point_exactly_once(workdir):
+    workdir(settings(space=GRID_12, n_workers=2))
+    output = litpipe("search").stdout
+    assert "worker 0: no trials left" in output and "worker 1: no trials left" in output
+    rows = trials()
+    assert len(rows) == 12 and {row["state"] for row in rows} == {"COMPLETE"}
+    assert len({point(row) for row in rows}) == 12
+    best = json.loads(Path("results/search/best.json").read_text())
+    assert best["states"]["COMPLETE"] == 12 and set(best["params"]) == set(GRID_12)
+    for plot in ("history", "importances", "parallel_coordinates", "slice"):
+        assert Path(f"results/search/{plot}.png").stat().st_size > 0
+
+
+def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """A trial that is running (not the first) and whose worker has recorded its pid."""
+    from litpipe.search.study import open_study
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert started.poll() is None, "the search ended before a trial could be interrupted"
+        if Path("results/search/study.journal").exists():
+            study = open_study(params)
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+            if done and running:
+                return running[0]
+        time.sleep(0.05)
+    raise AssertionError("no trial was seen running")
+
+
+@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGKILL, 2), (signal.SIGTERM, 1)])
+def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir, signum, workers):
+    params = workdir(settings(space=GRID_12, n_workers=workers, max_epochs=12))
+    search = subprocess.Popen(["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = wait_for_running_trial(params, search)
+    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signum)
+    _, stderr = search.communicate(timeout=300)
+    assert search.returncode == 1
+    assert "run the stage again" in stderr
+    from litpipe.search.study import open_study
+
+    before = {t.number: (t.params, t.value, t.datetime_complete) for t in open_study(params).trials if t.state == TrialState.COMPLETE}
+    assert before and len(before) < 12
+
+    litpipe("search")
+    study = open_study(params)
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(completed) == 12
+    assert len({tuple(sorted(t.params.items())) for t in completed}) == 12  # every point once
+    after = {t.number: (t.params, t.value, t.datetime_complete) for t in completed}
+    assert all(after[number] == done for number, done in before.items())  # nothing completed ran again
+    # The interrupted trial is FAIL; a signal that lands after its training ended lets it complete.
+    assert study.trials[victim.number].state in (TrialState.FAIL, TrialState.COMPLETE)
+    assert len([t for t in study.trials if t.state == TrialState.FAIL]) <= 1
+
+
+def test_pruning_shows_in_the_trials_table(workdir):
+    # Widest first: the narrow nets that follow fall behind the median early and get pruned.
+    workdir(settings(space={"model.width": [128, 64, 32, 16, 4, 2]}, pruner="median", pruner_startup_trials=1,
+                     pruner_warmup_epochs=0, max_epochs=15))
+    litpipe("search")
+    states = [row["state"] for row in trials()]
+    assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_random_and_tpe_sample_ranges_for_n_trials(workdir, sampler):
+    workdir(settings(sampler=sampler, n_trials=4, space={
+        "model.width": {"low": 8, "high": 64, "step": 8},
+        "model.dropout": {"low": 0.0, "high": 0.5},
+        "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+    }))
+    litpipe("search")
+    rows = trials()
+    assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
+    for row in rows:
+        assert int(row["params_model.width"]) % 8 == 0 and 8 <= int(row["params_model.width"]) <= 64
+        assert 0 <= float(row["params_model.dropout"]) <= 0.5
+        assert 1e-6 <= float(row["params_optim.weight_decay"]) <= 1e-2
+
+
+def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workdir):
+    workdir(settings(space={"optim.lr": {"lr_find": [0.5, 2.0]}}))
+    litpipe("lr_find")
+    suggestion = json.loads(Path("results/lr_find/lr_find.json").read_text())["suggestion"]
+    litpipe("search")
+    rows = trials()
+    assert sorted(float(row["params_optim.lr@lr_find"]) for row in rows) == [0.5, 2.0]
+    best = json.loads(Path("results/search/best.json").read_text())
+    assert best["params"]["optim.lr"] == pytest.approx(best["optuna_params"]["optim.lr@lr_find"] * suggestion)
+
+
+def test_rerunning_a_finished_study_runs_nothing(workdir):
+    workdir(settings(space={"model.width": [8, 16]}))
+    litpipe("search")
+    first = trials()
+    output = litpipe("search").stdout
+    assert "no trials left after running 0" in output
+    assert trials() == first
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL 15 server on 127.0.0.1 (Debian's packages), run as the postgres user."""
+    bindir = Path("/usr/lib/postgresql/15/bin")
+    if not (bindir / "initdb").exists() or shutil.which("runuser") is None:
+        message = "PostgreSQL 15 is not installed (apt-get install postgresql)"
+        pytest.fail(message) if REQUIRE_TOOLS else pytest.skip(message)
+    # pytest's own temporary directories are private to root; the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="litpipe-postgres-"))
+    shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, cwd="/")
+
+    as_postgres(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w", "-o",
+                f"-p {port} -h 127.0.0.1 -k {data}", "start")
+    as_postgres(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "litpipe")
+    yield f"postgresql://postgres@127.0.0.1:{port}/litpipe"
+    as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+    shutil.rmtree(base)
+
+
+def test_postgresql_study_with_3_workers_loses_nothing(workdir, postgres):
+    space = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1]}
+    workdir(settings(space=space, n_workers=3, storage=postgres))
+    output = litpipe("search").stdout
+    assert all(f"worker {i}: no trials left" in output for i in range(3))
+    rows = trials()
+    assert len(rows) == 6 and {row["state"] for row in rows} == {"COMPLETE"}
+    assert len({point(row) for row in rows}) == 6
+
+
+def test_postgresql_heartbeats_retry_a_killed_workers_trial(workdir, postgres):
+    space = {"model.width": [8, 16, 32, 64], "model.depth": [1, 2]}
+    params = workdir(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
+    search = subprocess.Popen(["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from litpipe.search.study import open_study
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = [t for t in open_study(params).get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+        if running:
+            break
+        time.sleep(0.05)
+    os.kill(int(running[0].user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+    stdout, _ = search.communicate(timeout=300)
+    # The surviving workers saw the trial go stale, failed it and ran its point again, in the same run.
+    assert search.returncode == 0, stdout[-2000:]
+    assert "the other workers retried its trials" in stdout
+    study = open_study(params)
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(completed) == 8 and len({tuple(sorted(t.params.items())) for t in completed}) == 8
+    assert study.trials[running[0].number].state == TrialState.FAIL
