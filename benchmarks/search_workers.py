@@ -26,7 +26,10 @@ def main() -> None:
     args = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["search"].update(
-        sampler="grid", pruner="none", max_epochs=args.epochs, space={"model.width": [32 + i for i in range(args.points)]}
+        sampler="grid",
+        pruner="none",
+        max_epochs=args.epochs,
+        space={"model.width": [32 + i for i in range(args.points)]},
     )
     params["train"]["early_stopping_patience"] = args.epochs
     rates = {}
@@ -35,13 +38,13 @@ def main() -> None:
         litpipe(params, "prepare")
         for workers in (1, 2):
             params["search"]["n_workers"] = workers
-            for stale in ("results/search/study.journal",):
-                Path(stale).unlink(missing_ok=True)
+            Path("results/search/study.journal").unlink(missing_ok=True)  # a fresh study for each run
             started = time.perf_counter()
             litpipe(params, "search")
             seconds = time.perf_counter() - started
             rates[workers] = args.points / seconds * 60
-            print(f"{workers} worker{'s' if workers > 1 else ' '}: {args.points} trials in {seconds:6.1f} s = {rates[workers]:5.1f} trials/min")
+            label = f"{workers} worker{'s' if workers > 1 else ' '}"
+            print(f"{label}: {args.points} trials in {seconds:6.1f} s = {rates[workers]:5.1f} trials/min")
     print(f"speed-up with 2 workers: {rates[2] / rates[1]:.2f}x on {os.cpu_count()} CPU cores")
 
 

@@ -40,7 +40,12 @@ def test_repository_params_are_valid():
         ("train", "batch_size", 0, "train.batch_size: input should be greater than or equal to 1"),
         ("train", "batch_size", 3.5, "train.batch_size: input should be a valid integer"),
         ("model", "arch", "resnet", "model.arch: input should be 'mlp' or 'cnn'"),
-        ("data", "dataset", "cifar", "data.dataset: unknown dataset 'cifar'; allowed: digits, mnist, fashion_mnist, kmnist"),
+        (
+            "data",
+            "dataset",
+            "cifar",
+            "data.dataset: unknown dataset 'cifar'; allowed: digits, mnist, fashion_mnist, kmnist",
+        ),
         ("data", "test_fraction", 1.5, "data.test_fraction: input should be less than 1"),
     ],
 )

@@ -33,9 +33,22 @@ class TensorBoardServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.process = subprocess.Popen(
-            [require_tool("tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--load_fast", "false", "--reload_interval", "1"],
-            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                require_tool("tensorboard"),
+                "--logdir",
+                str(logdir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--load_fast",
+                "false",
+                "--reload_interval",
+                "1",
+            ],
+            env=tool_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     def get(self, route: str):
@@ -44,7 +57,8 @@ class TensorBoardServer:
 
     def post(self, route: str, body: dict):
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{route}", data=json.dumps(body).encode(),
+            f"http://127.0.0.1:{self.port}{route}",
+            data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -91,8 +105,11 @@ def tensorboard(pipeline):
 @pytest.mark.integration
 def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, tensorboard):
     repo, _, _ = pipeline
-    finished = [row for row in csv.DictReader((repo / "results/search/trials.csv").open())
-                if row["state"] in ("COMPLETE", "PRUNED")]  # a pruned trial reports what it reached
+    finished = [
+        row
+        for row in csv.DictReader((repo / "results/search/trials.csv").open())
+        if row["state"] in ("COMPLETE", "PRUNED")
+    ]  # a pruned trial reports what it reached
     expected_sessions = {"fit"} | {f"search/trial_{int(row['number']):04d}" for row in finished}
     experiment = tensorboard.wait_until(
         lambda: (e := tensorboard.post("/data/plugin/hparams/experiment", {"experimentName": ""}))["metricInfos"] and e
@@ -122,7 +139,13 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
 @pytest.mark.integration
 def test_text_histograms_and_scalars_reach_tensorboard(tensorboard):
     text_tags = tensorboard.wait_until(lambda: (t := tensorboard.get("/data/plugin/text/tags")).get("fit") and t)
-    for tag in ("model/summary/text_summary", "system/text_summary", "git/text_summary", "params/text_summary", "log/text_summary"):
+    for tag in (
+        "model/summary/text_summary",
+        "system/text_summary",
+        "git/text_summary",
+        "params/text_summary",
+        "log/text_summary",
+    ):
         assert tag in text_tags["fit"]
     summary = tensorboard.get("/data/plugin/text/text?run=fit&tag=model/summary/text_summary")
     assert "In sizes" in summary[0]["text"] and "Out sizes" in summary[0]["text"]
@@ -140,7 +163,14 @@ def test_text_histograms_and_scalars_reach_tensorboard(tensorboard):
     fit_scalars = set(scalars["fit"])
     assert {"grad_norm/total", "grad_norm/net.head", "grad_norm/net.hidden.hidden1.0"} <= fit_scalars
     assert {"activations/hidden1/mean", "activations/hidden1/std", "activations/hidden1/dead_fraction"} <= fit_scalars
-    assert {"device/cpu_percent", "device/ram_used_percent", "lr-Adam", "train/loss", "val/loss", "val/acc"} <= fit_scalars
+    assert {
+        "device/cpu_percent",
+        "device/ram_used_percent",
+        "lr-Adam",
+        "train/loss",
+        "val/loss",
+        "val/acc",
+    } <= fit_scalars
     assert {"grad_norm/total", "activations/hidden1/mean"} <= set(scalars["search/trial_0000"])
 
 

@@ -48,7 +48,7 @@ def test_report_embeds_every_image(pipeline):
     repo, _, _ = pipeline
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 7
-    assert "<img src=\"http" not in html
+    assert '<img src="http' not in html
 
 
 def test_second_repro_reproduces_nothing_and_status_is_clean(pipeline):

@@ -56,7 +56,9 @@ def workdir(tmp_path, monkeypatch, default_params):
 def litpipe(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(["litpipe", *args], env=tool_env(), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"litpipe {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr}")
+        raise AssertionError(
+            f"litpipe {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr}"
+        )
     return result
 
 
@@ -72,12 +74,14 @@ def point(row: dict) -> tuple:
 
 
 def test_space_kinds_parse():
-    dims = search_space.parse({
-        "model.width": [64, 128],
-        "model.depth": {"low": 1, "high": 3},
-        "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
-        "optim.lr": {"lr_find": [0.3, 1, 3]},
-    })
+    dims = search_space.parse(
+        {
+            "model.width": [64, 128],
+            "model.depth": {"low": 1, "high": 3},
+            "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+            "optim.lr": {"lr_find": [0.3, 1, 3]},
+        }
+    )
     assert dims["model.width"] == search_space.Categorical((64, 128))
     assert dims["model.depth"].integer and not dims["optim.weight_decay"].integer
     assert dims["optim.lr"] == search_space.LrFindMultiples((0.3, 1.0, 3.0))
@@ -90,8 +94,14 @@ def test_space_kinds_parse():
 @pytest.mark.parametrize(
     ("search", "message"),
     [
-        ({"space": {"model.dropout": {"low": 0.0, "high": 0.5}}}, "search.space.model.dropout: the grid sampler needs a list"),
-        ({"space": {"model.width": {"lr_find": [1]}}}, "search.space.model.width: lr_find multiples apply to optim.lr only"),
+        (
+            {"space": {"model.dropout": {"low": 0.0, "high": 0.5}}},
+            "search.space.model.dropout: the grid sampler needs a list",
+        ),
+        (
+            {"space": {"model.width": {"lr_find": [1]}}},
+            "search.space.model.width: lr_find multiples apply to optim.lr only",
+        ),
         ({"space": {"model.width": {"low": 8}}}, "search.space.model.width: expected a list of values"),
         ({"space": {"model.dropout": {"low": 0.5, "high": 0.1}}, "sampler": "tpe"}, "low < high"),
         ({"space": {"model.dropout": [0.1, 1.5]}}, "search.space.model.dropout: value 1.5"),
@@ -134,7 +144,9 @@ def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: f
         if Path("results/search/study.journal").exists():
             study = open_study(params)
             done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+            running = [
+                t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs
+            ]
             if done and running:
                 return running[0]
         time.sleep(0.05)
@@ -144,7 +156,9 @@ def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: f
 @pytest.mark.parametrize(("signum", "workers"), [(signal.SIGKILL, 2), (signal.SIGTERM, 1)])
 def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir, signum, workers):
     params = workdir(settings(space=GRID_12, n_workers=workers, max_epochs=12))
-    search = subprocess.Popen(["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    search = subprocess.Popen(
+        ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     victim = wait_for_running_trial(params, search)
     os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signum)
     _, stderr = search.communicate(timeout=300)
@@ -152,7 +166,11 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir,
     assert "run the stage again" in stderr
     from litpipe.search.study import open_study
 
-    before = {t.number: (t.params, t.value, t.datetime_complete) for t in open_study(params).trials if t.state == TrialState.COMPLETE}
+    before = {
+        t.number: (t.params, t.value, t.datetime_complete)
+        for t in open_study(params).trials
+        if t.state == TrialState.COMPLETE
+    }
     assert before and len(before) < 12
 
     litpipe("search")
@@ -169,8 +187,15 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir,
 
 def test_pruning_shows_in_the_trials_table(workdir):
     # Widest first: the narrow nets that follow fall behind the median early and get pruned.
-    workdir(settings(space={"model.width": [128, 64, 32, 16, 4, 2]}, pruner="median", pruner_startup_trials=1,
-                     pruner_warmup_epochs=0, max_epochs=15))
+    workdir(
+        settings(
+            space={"model.width": [128, 64, 32, 16, 4, 2]},
+            pruner="median",
+            pruner_startup_trials=1,
+            pruner_warmup_epochs=0,
+            max_epochs=15,
+        )
+    )
     litpipe("search")
     states = [row["state"] for row in trials()]
     assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
@@ -178,11 +203,17 @@ def test_pruning_shows_in_the_trials_table(workdir):
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_random_and_tpe_sample_ranges_for_n_trials(workdir, sampler):
-    workdir(settings(sampler=sampler, n_trials=4, space={
-        "model.width": {"low": 8, "high": 64, "step": 8},
-        "model.dropout": {"low": 0.0, "high": 0.5},
-        "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
-    }))
+    workdir(
+        settings(
+            sampler=sampler,
+            n_trials=4,
+            space={
+                "model.width": {"low": 8, "high": 64, "step": 8},
+                "model.dropout": {"low": 0.0, "high": 0.5},
+                "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+            },
+        )
+    )
     litpipe("search")
     rows = trials()
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
@@ -234,8 +265,17 @@ def postgres():
         subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, cwd="/")
 
     as_postgres(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w", "-o",
-                f"-p {port} -h 127.0.0.1 -k {data}", "start")
+    as_postgres(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(data / "server.log"),
+        "-w",
+        "-o",
+        f"-p {port} -h 127.0.0.1 -k {data}",
+        "start",
+    )
     as_postgres(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "litpipe")
     yield f"postgresql://postgres@127.0.0.1:{port}/litpipe"
     as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
@@ -255,7 +295,9 @@ def test_postgresql_study_with_3_workers_loses_nothing(workdir, postgres):
 def test_postgresql_heartbeats_retry_a_killed_workers_trial(workdir, postgres):
     space = {"model.width": [8, 16, 32, 64], "model.depth": [1, 2]}
     params = workdir(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
-    search = subprocess.Popen(["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    search = subprocess.Popen(
+        ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     from litpipe.search.study import open_study
 
     deadline = time.monotonic() + 120

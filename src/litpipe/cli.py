@@ -34,13 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=summary, description=summary)
         if name == "search":
             command.add_argument(
-                "--part", choices=("setup", "worker", "collect"),
+                "--part",
+                choices=("setup", "worker", "collect"),
                 help="run one part only, as cluster jobs do (default: all, with search.n_workers local workers)",
             )
             command.add_argument("--worker", type=int, default=0, metavar="N", help="worker index (with --part worker)")
     args = parser.parse_args(argv)
     part = getattr(args, "part", None)
-    task = args.stage if part is None else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
+    # Collecting closes the stage: it writes the stage's own log and timing, as the whole stage does.
+    whole = part in (None, "collect")
+    task = args.stage if whole else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
 
     from litpipe.config import load_params
     from litpipe.errors import ConfigError, StageError
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s failed: %s", task, error)
         return 1
     seconds = time.perf_counter() - started
-    if part is None:  # recorded for the report, which totals them and suggests SLURM time limits
+    if whole:  # recorded for the report, which totals them and suggests SLURM time limits
         write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
     log.info("%s finished in %.1f s", task, seconds)
     return 0

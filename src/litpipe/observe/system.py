@@ -31,6 +31,7 @@ def system_info() -> dict[str, str]:
 
 def git_state() -> dict[str, str | bool]:
     """The commit the code came from and whether tracked files differed from it."""
+
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
 

@@ -102,9 +102,13 @@ def suggest(trial, dimensions: dict[str, Dimension], lr_suggestion: float | None
             multiple = trial.suggest_categorical(key + RELATIVE_SUFFIX, list(dimension.multiples))
             chosen[key] = multiple * lr_suggestion
         elif dimension.integer:
-            chosen[key] = trial.suggest_int(key, dimension.low, dimension.high, step=dimension.step or 1, log=dimension.log)
+            chosen[key] = trial.suggest_int(
+                key, dimension.low, dimension.high, step=dimension.step or 1, log=dimension.log
+            )
         else:
-            chosen[key] = trial.suggest_float(key, dimension.low, dimension.high, step=dimension.step, log=dimension.log)
+            chosen[key] = trial.suggest_float(
+                key, dimension.low, dimension.high, step=dimension.step, log=dimension.log
+            )
     return chosen
 
 

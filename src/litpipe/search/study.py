@@ -50,8 +50,9 @@ def study_name(params: Params) -> str:
         "data": params.data.model_dump(),
         "seed": params.seed,
         "base": {s: getattr(params, s).model_dump() for s in ("model", "optim", "train")},
-        "search": params.search.model_dump(include={"sampler", "space", "max_epochs", "pruner",
-                                                    "pruner_startup_trials", "pruner_warmup_epochs"}),
+        "search": params.search.model_dump(
+            include={"sampler", "space", "max_epochs", "pruner", "pruner_startup_trials", "pruner_warmup_epochs"}
+        ),
         "lr_find": lr_suggestion(params),
     }
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
@@ -148,6 +149,14 @@ def next_trial(study: optuna.Study, params: Params, stop: Callable[[], bool]) ->
             return None
         time.sleep(interval)
     return None
+
+
+def give_back(study: optuna.Study, trial: Trial) -> None:
+    """Enqueue again the grid point of a trial this worker had to abandon (SIGTERM, as scancel sends)."""
+    point = trial.system_attrs.get("fixed_params")
+    if point is not None:
+        study.enqueue_trial(point)
+        log.info("trial %d abandoned: its point %s is queued again", trial.number, point)
 
 
 def take_waiting(study: optuna.Study) -> Trial | None:

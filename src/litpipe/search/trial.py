@@ -72,7 +72,9 @@ class TrialRunner:
         best = history.best(MONITOR)
         trial.set_user_attr("best_epoch", int(best["epoch"]))
         trial.set_user_attr("val_acc", best["val/acc"])
-        log.info("trial %d %s: %s=%.4f val/acc=%.4f", trial.number, _short(chosen), MONITOR, best[MONITOR], best["val/acc"])
+        log.info(
+            "trial %d %s: %s=%.4f val/acc=%.4f", trial.number, _short(chosen), MONITOR, best[MONITOR], best["val/acc"]
+        )
         return best[MONITOR]
 
 

@@ -37,7 +37,9 @@ def run(params: Params) -> None:
     fig = finder.plot(suggest=True)
     fig.axes[0].set_title(f"LR finder: suggestion {suggestion:.3g}")
     tensorboard = open_run("lr_find")
-    add_text(tensorboard, "lr_find", f"Suggested learning rate **{suggestion:.3g}** (optim.lr is {params.optim.lr:.3g}).")
+    add_text(
+        tensorboard, "lr_find", f"Suggested learning rate **{suggestion:.3g}** (optim.lr is {params.optim.lr:.3g})."
+    )
     add_figure(tensorboard, "lr_find/curve", fig)
     plots.save(fig, paths.LR_FIND / "lr_find.png")
     write_json(

@@ -73,6 +73,8 @@ def worker(params: Params, index: int) -> None:
             terminated.append(signal.SIGTERM)
         finally:
             study.tell(trial, value, state=state)
+        if terminated and state == TrialState.FAIL:
+            shared.give_back(study, trial)  # so a re-run of this worker alone finds the point again
         log.info("worker %d: trial %d %s", index, trial.number, state.name)
         done += 1
     if terminated:
@@ -111,8 +113,13 @@ def collect(params: Params) -> None:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise StageError(f"no trial of study {study.study_name} completed; see logs/search*.log")
     best = outputs.write(study)
-    log.info("best trial %d: val/loss=%.4f with %s; trials by state: %s",
-             best["trial"], best["value"], best["params"], best["states"])
+    log.info(
+        "best trial %d: val/loss=%.4f with %s; trials by state: %s",
+        best["trial"],
+        best["value"],
+        best["params"],
+        best["states"],
+    )
 
 
 def _route_optuna_logs() -> None:

@@ -1,0 +1,49 @@
+# What a reviewer reads: residual and activation analysis, then the report.
+
+
+rule analyze:
+    input:
+        "data/prepared",
+        "models/best.ckpt",
+        "results/fit/activations.csv",
+    output:
+        directory("results/analysis"),
+        "results/timing/analyze.json",
+    log:
+        "logs/analyze.log",
+    params:
+        mistakes_shown=PARAMS.report.mistakes_shown,
+    resources:
+        **resources("light"),
+    conda:
+        ENVIRONMENT
+    shell:
+        "litpipe analyze"
+
+
+rule report:
+    input:
+        "workflow/notebooks/report.ipynb",
+        "data/prepared",
+        "results/sanity",
+        "results/lr_find",
+        "results/search/trials.csv",
+        "results/search/best.json",
+        "results/fit/summary.json",
+        "results/fit/curves.png",
+        "results/test/metrics.json",
+        "results/analysis",
+    output:
+        "reports/report.html",
+        directory("results/report"),
+        "results/timing/report.json",
+    log:
+        "logs/report.log",
+    params:
+        title=PARAMS.report.title,
+    resources:
+        **resources("report"),
+    conda:
+        ENVIRONMENT
+    shell:
+        "litpipe report"

@@ -1,0 +1,40 @@
+# Shared by the rules: params validation, cluster placement, per-rule resources.
+import os
+
+from litpipe.config import load_params
+from litpipe.errors import ConfigError
+
+try:
+    PARAMS = load_params("params.yaml")  # the same validation every litpipe command does
+except ConfigError as error:
+    raise WorkflowError(f"litpipe: {error}")
+
+SEARCH_WORKERS = range(PARAMS.search.n_workers)
+
+# Every rule runs the litpipe CLI from the environment Snakemake was started in (SLURM jobs
+# inherit it); environment.yml documents that environment for conda users.
+ENVIRONMENT = "../../environment.yml"
+
+# Where jobs go comes from the environment, so no tracked file names a site's partition or
+# account: LITPIPE_SLURM_PARTITION, LITPIPE_SLURM_ACCOUNT, LITPIPE_SLURM_QOS, LITPIPE_GPU_MODEL,
+# and LITPIPE_GPUS (GPUs for each search worker and the fit; 0, the default, on CPU clusters).
+_PLACEMENT = {
+    "slurm_partition": "LITPIPE_SLURM_PARTITION",
+    "slurm_account": "LITPIPE_SLURM_ACCOUNT",
+    "qos": "LITPIPE_SLURM_QOS",
+    "gpu_model": "LITPIPE_GPU_MODEL",
+}
+PLACEMENT = {key: os.environ[name] for key, name in _PLACEMENT.items() if os.environ.get(name)}
+GPUS = int(os.environ.get("LITPIPE_GPUS", "0"))
+
+# Per-rule resources, declared once. Runtimes (minutes) are generous multiples of the wall
+# times measured on 2 CPU cores (results/timing/*.json: each stage took under a minute there).
+RESOURCES = {
+    "light": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
+    "train": dict(runtime=60, mem_mb=4000, cpus_per_task=2, gpu=GPUS),
+    "report": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
+}
+
+
+def resources(kind):
+    return {**RESOURCES[kind], **PLACEMENT}

@@ -1,0 +1,43 @@
+# The final fit with the best searched params, and its test in a fresh process.
+
+
+rule fit:
+    input:
+        "data/prepared",
+        "results/search/best.json",
+    output:
+        "models/best.ckpt",
+        "results/fit/history.csv",
+        "results/fit/activations.csv",
+        "results/fit/curves.png",
+        "results/fit/summary.json",
+        "results/fit/metrics.json",
+        directory("tb/fit"),
+        "results/timing/fit.json",
+    log:
+        "logs/fit.log",
+    params:
+        settings=PARAMS.model_dump(include={"seed", "model", "optim", "train", "observe"}),
+    resources:
+        **resources("train"),
+    conda:
+        ENVIRONMENT
+    shell:
+        "litpipe fit"
+
+
+rule test:
+    input:
+        "data/prepared",
+        "models/best.ckpt",
+    output:
+        "results/test/metrics.json",
+        "results/timing/test.json",
+    log:
+        "logs/test.log",
+    resources:
+        **resources("light"),
+    conda:
+        ENVIRONMENT
+    shell:
+        "litpipe test"
