@@ -15,10 +15,17 @@ log() { echo "slurm-up: $*" >&2; }
 dump_logs() {
     log "FAILED; daemon log tails follow"
     for f in "$LOGDIR"/*.log /var/log/munge/munged.log; do
-        [ -f "$f" ] && { echo "==> $f <=="; tail -n 30 "$f"; }
+        if [ -f "$f" ]; then echo "==> $f <=="; tail -n 30 "$f"; fi
     done >&2
 }
-trap 'rc=$?; [ $rc -eq 0 ] || dump_logs; exit $rc' EXIT
+out=   # temp dir of the test job, removed on exit
+on_exit() {
+    local rc=$?
+    [ -z "$out" ] || rm -rf "$out"
+    [ "$rc" -eq 0 ] || dump_logs
+    exit "$rc"
+}
+trap on_exit EXIT
 
 node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 # Busy (mixed/allocated) counts as up: a rerun must not wait for running jobs.
@@ -105,8 +112,8 @@ else
     # A changed config needs fresh daemons; wait until the old ones have exited
     # (-r skips zombies) so the new ones can bind their ports.
     mv "$CONF.new" "$CONF"
-    scontrol shutdown 2>/dev/null || pkill -x 'slurmctld|slurmd' || true
-    for _ in $(seq 30); do pgrep -r R,S,D -x 'slurmctld|slurmd' >/dev/null || break; sleep 0.5; done
+    scontrol shutdown 2>/dev/null || pkill '^slurm(ctld|d)$' || true
+    for _ in $(seq 30); do pgrep -r R,S,D '^slurm(ctld|d)$' >/dev/null || break; sleep 0.5; done
 fi
 
 # --- daemons: both fork into the background by themselves -------------------
@@ -125,7 +132,6 @@ node_up || { log "node $NODE not up after 60s (state: '$(node_state)')"; exit 1;
 
 # --- end-to-end check: a real job through the scheduler ---------------------
 out=$(mktemp -d)
-trap 'rc=$?; rm -rf "$out"; [ $rc -eq 0 ] || dump_logs; exit $rc' EXIT
 # Poll squeue -t all (as the Snakemake plugin does, accounting being off) rather
 # than sbatch --wait, whose back-off polling adds ~7 s to a 1 s job.
 jid=$(sbatch --parsable --time=1 --output="$out/%j.out" --wrap hostname)

@@ -153,8 +153,16 @@ def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: f
     raise AssertionError("no trial was seen running")
 
 
-@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGKILL, 2), (signal.SIGTERM, 1)])
-def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir, signum, workers):
+@pytest.mark.parametrize(
+    ("signum", "workers", "rerun"),
+    [
+        (signal.SIGKILL, 2, [["search"]]),
+        (signal.SIGTERM, 1, [["search"]]),
+        # As after `scancel` on a cluster: only the stopped worker runs again, then collect.
+        (signal.SIGTERM, 1, [["search", "--part", "worker"], ["search", "--part", "collect"]]),
+    ],
+)
+def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir, signum, workers, rerun):
     params = workdir(settings(space=GRID_12, n_workers=workers, max_epochs=12))
     search = subprocess.Popen(
         ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -173,7 +181,8 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir,
     }
     assert before and len(before) < 12
 
-    litpipe("search")
+    for command in rerun:
+        litpipe(*command)
     study = open_study(params)
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(completed) == 12

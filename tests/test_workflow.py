@@ -1,12 +1,21 @@
 """Snakemake describes the same DAG as dvc.yaml, lints clean, and runs the pipeline locally."""
 
+import csv
 import json
+import re
+import subprocess
+import time
+from contextlib import chdir
 from pathlib import Path
 
 import pytest
 import yaml
+from optuna.trial import TrialState
 
-from .conftest import FAST, ROOT, STAGES, copy_repo, edit_params, require_tool, run
+from litpipe.config import load_params
+from litpipe.search.study import open_study
+
+from .conftest import FAST, REQUIRE_TOOLS, ROOT, STAGES, copy_repo, edit_params, require_tool, run, tool_env
 
 # Snakemake-only rules: the search's fan-out (setup, then N workers before `search` collects)
 # and the default target.
@@ -77,16 +86,120 @@ def test_invalid_params_stop_snakemake_before_scheduling(tmp_path):
     assert "optim.lr: input should be greater than 0" in result.stdout + result.stderr
 
 
-@pytest.mark.integration
-def test_snakemake_runs_the_pipeline_locally_with_two_search_workers(tmp_path):
+# --- SLURM ---------------------------------------------------------------------------------------
+
+SLURM_FAST = {**FAST, "search.n_workers": 2}
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
+
+
+def slurm_cluster() -> None:
+    """A running SLURM cluster (as .ci/slurm-up.sh starts one), else skip (fail under CI)."""
+    require_tool("sbatch")
+    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    if not {"idle", "mixed", "allocated"} & set(state):
+        message = f"no SLURM node up (sinfo: {state or 'no answer'}); start one with .ci/slurm-up.sh"
+        pytest.fail(message) if REQUIRE_TOOLS else pytest.skip(message)
+
+
+def snakemake_on_slurm() -> list[str]:
+    # The plugin waits 40 s before its first status check by default: too slow for short test jobs.
+    return ["snakemake", "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "2"]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
     require_tool("snakemake")
-    repo = copy_repo(tmp_path)
-    edit_params(repo, {**FAST, "search.n_workers": 2})
+    repo = copy_repo(tmp_path_factory.mktemp("local"))
+    edit_params(repo, SLURM_FAST)
     run(["snakemake", "--cores", "2"], repo)
+    return repo
+
+
+def search_results(repo: Path) -> list[tuple]:
+    rows = csv.DictReader((repo / "results/search/trials.csv").open())
+    return sorted((row["params_model.width"], row["state"], row["value"]) for row in rows)
+
+
+@pytest.mark.integration
+def test_snakemake_runs_the_pipeline_locally_with_two_search_workers(local_run):
     for stage, outputs in ((s, d["outputs"]) for s, d in dvc_stages().items()):
         for output in outputs:
-            assert (repo / output).exists(), (stage, output)
-    trials = (repo / "results/search/trials.csv").read_text().splitlines()
-    assert len(trials) == 1 + 2  # FAST's two-point grid, each point once across the two worker jobs
-    assert json.loads((repo / "results/test/metrics.json").read_text())["accuracy"] > 0.5
-    assert (repo / "logs/search-worker0.log").exists() and (repo / "logs/search-worker1.log").exists()
+            assert (local_run / output).exists(), (stage, output)
+    assert len(search_results(local_run)) == 2  # FAST's two-point grid, each point once across two worker jobs
+    assert json.loads((local_run / "results/test/metrics.json").read_text())["accuracy"] > 0.5
+    assert (local_run / "logs/search-worker0.log").exists() and (local_run / "logs/search-worker1.log").exists()
+
+
+@pytest.mark.integration
+def test_profile_slurm_submits_every_compute_rule_and_matches_the_local_run(local_run, tmp_path):
+    slurm_cluster()
+    repo = copy_repo(tmp_path)
+    edit_params(repo, SLURM_FAST)
+    result = run(snakemake_on_slurm(), repo)
+    submitted = SUBMITTED.findall(result.stdout + result.stderr)
+    rules = {rule for _, rule in submitted}
+    assert rules == {"sanity", "lr_find", "search_worker", "search", "fit", "test", "analyze", "report"}
+    assert len(submitted) == len(rules) + 1  # two search worker jobs
+    ids = ",".join(job for job, _ in submitted)
+    states = run(["squeue", "-h", "-t", "all", "-j", ids, "-o", "%T"], repo).stdout.split()
+    assert states == ["COMPLETED"] * len(submitted)  # SLURM itself ran them
+    # The same outputs as the local run, with the same numbers.
+    assert search_results(repo) == search_results(local_run)
+    for metrics in ("results/test/metrics.json", "results/fit/metrics.json"):
+        assert json.loads((repo / metrics).read_text()) == json.loads((local_run / metrics).read_text())
+
+
+@pytest.mark.integration
+def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
+    slurm_cluster()
+    repo = copy_repo(tmp_path)
+    space = {"model.width": [8, 12, 16, 24, 32, 48], "model.depth": [1, 2]}
+    edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 10, "search.pruner": "none"})
+    started = subprocess.Popen(
+        snakemake_on_slurm(), cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    params = load_params(repo / "params.yaml")
+    job = running_worker_job(repo, params, started)
+    run(["scancel", job], repo)
+    output, _ = started.communicate(timeout=600)
+    assert started.returncode != 0, output[-2000:]
+    before = completed_trials(repo, params)
+    # The other worker goes on while Snakemake winds down, and may take the cancelled trial's point.
+    assert 0 < len(before) <= 12
+    assert "search_worker" in output and ("CANCELLED" in output or "exit status 1" in output)
+
+    run(snakemake_on_slurm(), repo)  # the re-run: the cancelled worker's job again, then the rest
+    after = completed_trials(repo, params)
+    assert len(after) == 12 and len({p for p, _ in after.values()}) == 12  # every point exactly once
+    assert all(after[number] == done for number, done in before.items())  # completed trials kept, not re-run
+
+
+def running_worker_job(repo: Path, params, started: subprocess.Popen) -> str:
+    """The SLURM job id of a search worker that is in the middle of a trial, after one trial completed."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert started.poll() is None, "snakemake ended before a worker could be cancelled"
+        if (repo / "results/search/study.journal").exists():
+            with chdir(repo):
+                study = open_study(params)
+                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                running = [
+                    t
+                    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if "worker" in t.user_attrs
+                ]
+            for trial in running if done else []:
+                pid = trial.user_attrs["worker"].rpartition(":")[2]
+                environ = Path(f"/proc/{pid}/environ")
+                if environ.exists():
+                    variables = dict(v.split("=", 1) for v in environ.read_text().split("\0") if "=" in v)
+                    if "SLURM_JOB_ID" in variables:
+                        return variables["SLURM_JOB_ID"]
+        time.sleep(0.2)
+    raise AssertionError("no search worker job was seen running a trial")
+
+
+def completed_trials(repo: Path, params) -> dict[int, tuple]:
+    with chdir(repo):
+        trials = open_study(params).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return {t.number: (tuple(sorted(t.params.items())), t.value) for t in trials}

@@ -153,7 +153,8 @@ def next_trial(study: optuna.Study, params: Params, stop: Callable[[], bool]) ->
 
 def give_back(study: optuna.Study, trial: Trial) -> None:
     """Enqueue again the grid point of a trial this worker had to abandon (SIGTERM, as scancel sends)."""
-    point = trial.system_attrs.get("fixed_params")
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    point = frozen.system_attrs.get("fixed_params")
     if point is not None:
         study.enqueue_trial(point)
         log.info("trial %d abandoned: its point %s is queued again", trial.number, point)
