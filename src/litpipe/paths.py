@@ -29,6 +29,10 @@ REPORT_WORK = RESULTS / "report"
 
 MODELS = Path("models")
 BEST_CKPT = MODELS / "best.ckpt"
+# A preempted fit's full training state, and its best checkpoint so far: not pipeline outputs
+# (orchestrators delete outputs before a re-run), the state a re-run resumes from.
+RESUME_CKPT = MODELS / "resume.ckpt"
+RESUME_BEST_CKPT = MODELS / "resume-best.ckpt"
 
 TB = Path("tb")
 LOGS = Path("logs")

@@ -1,11 +1,14 @@
 """What every training stage shares: seeding, the Trainer, epoch history, weight averaging."""
 
 import logging
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, WeightAveraging
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from litpipe.config import Params
 
@@ -31,6 +34,9 @@ def make_trainer(params: Params, **overrides: Any) -> pl.Trainer:
         enable_progress_bar=sys.stderr.isatty(),
         num_sanity_val_steps=0,
         log_every_n_steps=params.observe.log_every_n_steps,
+        # Under SLURM, Lightning would requeue the job itself on SIGUSR1, behind the orchestrator's
+        # back; litpipe handles the signals (Preemption, the search worker) and the orchestrator re-runs.
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
     )
     settings.update(overrides)
     return pl.Trainer(**settings)
@@ -62,6 +68,12 @@ class History(Callback):
 
     def best(self, monitor: str = "val/loss") -> dict[str, float]:
         return min(self.rows, key=lambda row: row[monitor])
+
+    def state_dict(self) -> dict:  # kept in checkpoints, so a resumed fit keeps its earlier epochs
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
 
 
 class StochasticWeightAveraging(WeightAveraging):
@@ -99,3 +111,36 @@ class StochasticWeightAveraging(WeightAveraging):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.started:
             super().on_train_end(trainer, pl_module)
+
+
+class Preempted(Exception):
+    """Training stopped on a scheduler's signal after saving a checkpoint to resume from."""
+
+
+class Preemption(Callback):
+    """On SIGUSR1 (what `sbatch --signal=USR1@120` sends before the time limit) or SIGTERM (scancel,
+    preemption), save a full training checkpoint at the next batch or epoch end and stop with Preempted.
+
+    Its handlers replace Lightning's for the fit (Lightning restores them afterwards): Lightning's
+    SIGTERM handling would stop the loop, even mid-validation, without keeping the progress.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.signal: str | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_train_start runs after Lightning installed its handlers (on_fit_start runs before).
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, lambda received, frame: setattr(self, "signal", signal.Signals(received).name))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+        if self.signal:
+            trainer.save_checkpoint(self.path)
+            raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {self.path}")

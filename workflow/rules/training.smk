@@ -19,6 +19,9 @@ rule fit:
     params:
         settings=PARAMS.model_dump(include={"seed", "model", "optim", "train", "observe"}),
     resources:
+        # SIGUSR1 two minutes before the time limit: fit saves models/resume.ckpt and stops; a
+        # re-run (or --retries) resumes from it.
+        slurm_extra="--signal=USR1@120",
         **resources("train"),
     conda:
         ENVIRONMENT

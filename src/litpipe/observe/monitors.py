@@ -117,6 +117,12 @@ class ActivationTracker(Callback):
         self.probe = probe
         self.rows: list[dict[str, float | str | int]] = []
 
+    def state_dict(self) -> dict:  # kept in checkpoints, so a resumed fit keeps the earlier epochs
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch, step = trainer.current_epoch, trainer.global_step
         tensorboard = _tensorboard(trainer)

@@ -8,6 +8,7 @@ with the same columns as the search trials, plus the test accuracy of the saved 
 """
 
 import logging
+import shutil
 
 import pandas as pd
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -15,12 +16,13 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from litpipe import paths, plots
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
+from litpipe.errors import StageError
 from litpipe.io import atomic_path, read_json, write_json
 from litpipe.models.classifier import Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import ActivationTracker, monitors
 from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run, end_session, open_run, start_session
-from litpipe.training import History, StochasticWeightAveraging, make_trainer, seed_everything
+from litpipe.training import History, Preempted, Preemption, StochasticWeightAveraging, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,21 @@ def run(params: Params) -> None:
         save_on_train_epoch_end=False,
     )
     early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
+    preemption = Preemption(paths.RESUME_CKPT)
     trainer = make_trainer(
         params,
-        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), *observers],
+        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), preemption, *observers],
         logger=[tensorboard, *extra],
         enable_checkpointing=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
     )
-    trainer.fit(model, datamodule=data)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume_from())
+    except Preempted as stop:
+        shutil.copy2(paths.BEST_CKPT, paths.RESUME_BEST_CKPT)  # orchestrators delete outputs before a re-run
+        raise StageError(f"fit preempted by {stop}; run the stage again to resume") from None
+    paths.RESUME_CKPT.unlink(missing_ok=True)
+    paths.RESUME_BEST_CKPT.unlink(missing_ok=True)
     test_acc = test_accuracy_of_checkpoint(params, data, tensorboard)
 
     table = pd.DataFrame(history.rows)
@@ -102,6 +111,15 @@ def run(params: Params) -> None:
     log.info("best epoch %d: val/loss %.4f, val/acc %.4f", best["epoch"], best[MONITOR], best["val/acc"])
     add_log_file(tensorboard, paths.log_file("fit"))
     wandb.finish(extra)
+
+
+def resume_from() -> str | None:
+    """The checkpoint of a preempted earlier run, if any; its best checkpoint comes back with it."""
+    if not paths.RESUME_CKPT.exists():
+        return None
+    shutil.copy2(paths.RESUME_BEST_CKPT, paths.BEST_CKPT)
+    log.info("resuming the preempted fit from %s", paths.RESUME_CKPT)
+    return str(paths.RESUME_CKPT)
 
 
 def swa_start_epoch(params: Params) -> int:
