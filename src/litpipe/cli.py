@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    rank = process_rank()
+    if rank:  # a DDP process that Lightning started: a log of its own, and no timing
+        task, whole = f"{task}.rank{rank}", False
     log_to(paths.log_file(task))
     log = logging.getLogger("litpipe")
     started = time.perf_counter()
@@ -76,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if whole:  # recorded for the report, which totals them and suggests SLURM time limits
         write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
     log.info("%s finished in %.1f s", task, seconds)
+    return 0
+
+
+def process_rank() -> int:
+    """This process's rank under DDP, from the variables Lightning and SLURM set (0 when alone)."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
     return 0
 
 

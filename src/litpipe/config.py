@@ -59,7 +59,9 @@ class TrainParams(Section):
     gradient_clip_val: Annotated[float, Field(ge=0)]
     swa_epoch_start: Annotated[float, Field(gt=0, le=1)]
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"]
-    devices: PositiveInt
+    devices: PositiveInt  # per node, for the fit (DDP when more than one); other stages use one
+    num_nodes: PositiveInt
+    strategy: Literal["auto", "ddp"]
 
 
 class SanityParams(Section):

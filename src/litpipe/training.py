@@ -19,11 +19,15 @@ def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
-def make_trainer(params: Params, **overrides: Any) -> pl.Trainer:
-    """A deterministic Trainer on the configured device; stages pass what differs (epochs, callbacks, logger)."""
+def make_trainer(params: Params, distributed: bool = False, **overrides: Any) -> pl.Trainer:
+    """A deterministic Trainer on the configured accelerator; stages pass what differs (epochs, callbacks,
+    logger). One device, except for `distributed` (the fit), which uses train.devices/num_nodes/strategy."""
+    train = params.train
     settings: dict[str, Any] = dict(
-        accelerator=params.train.accelerator,
-        devices=params.train.devices,
+        accelerator=train.accelerator,
+        devices=train.devices if distributed else 1,
+        num_nodes=train.num_nodes if distributed else 1,
+        strategy=train.strategy if distributed else "auto",
         deterministic=True,
         max_epochs=params.train.max_epochs,
         gradient_clip_val=params.train.gradient_clip_val or None,

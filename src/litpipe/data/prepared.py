@@ -37,25 +37,35 @@ def load_meta() -> dict[str, Any]:
 
 
 class Batches:
-    """An epoch of (x, y) batches; a new permutation per epoch when shuffling, from a seeded generator."""
+    """An epoch of (x, y) batches; a new permutation per epoch when shuffling, from a seeded generator.
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    Under DDP each of `world` processes takes every world-th sample of the same permutation: disjoint
+    shards of equal size (the remainder of n / world is left out), so every rank runs as many steps.
+    """
+
+    def __init__(
+        self, split: Split, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return -(-len(self.split.y) // self.batch_size)
+        return -(-(len(self.split.y) // self.world) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split.y)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.split.y.device)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.world > 1:
+            order = order[: n // self.world * self.world][self.rank :: self.world]
+        if self.shuffle or self.world > 1:
+            order = order.to(self.split.y.device)
             x, y = self.split.x[order], self.split.y[order]
         else:
             x, y = self.split.x, self.split.y
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(y), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 
 
@@ -75,7 +85,9 @@ class PreparedData(pl.LightningDataModule):
                 self.splits[name] = load_split(name).to(device)
 
     def train_dataloader(self) -> Batches:
-        return Batches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        # Validation and test stay whole on every rank: small, and exact without gathering.
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return Batches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed, rank=rank, world=world)
 
     def val_dataloader(self) -> Batches:
         return Batches(self.splits["val"], self.batch_size, shuffle=False)

@@ -74,7 +74,14 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log_dict({f"{split}/loss": loss, f"{split}/acc": acc}, on_step=False, on_epoch=True, batch_size=len(y))
+        # Under DDP each rank trains on its own shard (averaged across ranks); evaluation sees all data.
+        self.log_dict(
+            {f"{split}/loss": loss, f"{split}/acc": acc},
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(y),
+            sync_dist=split == "train",
+        )
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

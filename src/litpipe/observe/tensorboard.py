@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from matplotlib.figure import Figure
 from torch.utils.tensorboard.summary import hparams
@@ -30,7 +31,8 @@ HP_METRICS = ("hp/best_val_loss", "hp/best_val_acc", "hp/test_acc")
 def open_run(run: str) -> TensorBoardLogger:
     """The logger for tb/<run>, e.g. "fit" or "search/trial_0007", replacing any earlier run of that name
     (TensorBoard would otherwise merge the old and new event files into one confusing run)."""
-    shutil.rmtree(paths.TB / run, ignore_errors=True)
+    if rank_zero_only.rank == 0:  # DDP ranks re-run the stage: only the first may clear the run
+        shutil.rmtree(paths.TB / run, ignore_errors=True)
     parent, _, leaf = run.rpartition("/")
     return TensorBoardLogger(str(paths.TB), name=parent, version=leaf, default_hp_metric=False)
 
@@ -47,6 +49,7 @@ def hparam_columns(params: Params, epochs: int) -> dict[str, Any]:
     }
 
 
+@rank_zero_only  # under DDP the other ranks' TensorBoard writers are dummies
 def start_session(logger: TensorBoardLogger, params: Params, epochs: int) -> None:
     experiment, start, end = hparams(hparam_columns(params, epochs), dict.fromkeys(HP_METRICS, 0.0))
     writer = logger.experiment._get_file_writer()
@@ -54,6 +57,7 @@ def start_session(logger: TensorBoardLogger, params: Params, epochs: int) -> Non
         writer.add_summary(summary)
 
 
+@rank_zero_only
 def end_session(logger: TensorBoardLogger, metrics: dict[str, float], step: int) -> None:
     """Log the session's metric values (the HPARAMS table shows each tag's last value)."""
     unknown = set(metrics) - set(HP_METRICS)
@@ -63,29 +67,35 @@ def end_session(logger: TensorBoardLogger, metrics: dict[str, float], step: int)
     logger.experiment.flush()
 
 
+@rank_zero_only
 def add_text(logger: TensorBoardLogger, tag: str, markdown: str) -> None:
     logger.experiment.add_text(tag, markdown)
 
 
+@rank_zero_only
 def add_code(logger: TensorBoardLogger, tag: str, text: str) -> None:
     """Preformatted text (tables, logs): TensorBoard renders markdown, so indent it as code."""
     add_text(logger, tag, "\n".join("    " + line for line in text.splitlines()))
 
 
+@rank_zero_only
 def add_params(logger: TensorBoardLogger, params: Params) -> None:
     add_code(logger, "params", yaml.safe_dump(params.model_dump(), sort_keys=False))
 
 
+@rank_zero_only
 def add_figure(logger: TensorBoardLogger, tag: str, figure: Figure, step: int = 0) -> None:
     logger.experiment.add_figure(tag, figure, global_step=step, close=False)
 
 
+@rank_zero_only
 def add_log_file(logger: TensorBoardLogger, log_file: Path) -> None:
     """Everything the stage printed so far, in the text tab."""
     if Path(log_file).exists():
         add_code(logger, "log", Path(log_file).read_text())
 
 
+@rank_zero_only
 def describe_run(logger: TensorBoardLogger, params: Params, model: pl.LightningModule) -> dict[str, Any]:
     """Model summary, system, git state and params: to the text tab and to the log. Returns system and git."""
     summary = str(ModelSummary(model, max_depth=-1))

@@ -57,6 +57,7 @@ def run(params: Params) -> None:
     preemption = Preemption(paths.RESUME_CKPT)
     trainer = make_trainer(
         params,
+        distributed=True,
         callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), preemption, *observers],
         logger=[tensorboard, *extra],
         enable_checkpointing=True,
@@ -67,6 +68,8 @@ def run(params: Params) -> None:
     except Preempted as stop:
         shutil.copy2(paths.BEST_CKPT, paths.RESUME_BEST_CKPT)  # orchestrators delete outputs before a re-run
         raise StageError(f"fit preempted by {stop}; run the stage again to resume") from None
+    if not trainer.is_global_zero:
+        return  # under DDP the first process writes the results
     paths.RESUME_CKPT.unlink(missing_ok=True)
     paths.RESUME_BEST_CKPT.unlink(missing_ok=True)
     test_acc = test_accuracy_of_checkpoint(params, data, tensorboard)
