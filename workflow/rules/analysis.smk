@@ -24,15 +24,15 @@ rule analyze:
 rule report:
     input:
         "workflow/notebooks/report.ipynb",
+        "workflow/notebooks/offline/index.html.j2",
         "data/prepared",
         "results/sanity",
         "results/lr_find",
-        "results/search/trials.csv",
-        "results/search/best.json",
-        "results/fit/summary.json",
-        "results/fit/curves.png",
+        rules.search.output,
+        rules.fit.output,
         "results/test/metrics.json",
         "results/analysis",
+        expand("results/timing/{stage}.json", stage=["prepare", "sanity", "lr_find", "search", "fit", "test", "analyze"]),
     output:
         "reports/report.html",
         directory("results/report"),

@@ -33,6 +33,9 @@ def run(params: Params) -> None:
     write_csv(per_class, paths.ANALYSIS / "per_class.csv")
     plot_confusion(confusion, meta["class_names"])
     plot_mistakes(residuals, test, meta, params.report.mistakes_shown)
+    plot_per_class(per_class)
+    calibration = reliability(residuals)
+    plot_reliability(calibration)
 
     pca = {name: project(values) for name, values in activations.items()}
     plot_pca(pca, test.y.numpy())
@@ -45,6 +48,7 @@ def run(params: Params) -> None:
             "mean_confidence_correct": float(residuals.loc[residuals["correct"], "confidence"].mean()),
             "mean_confidence_wrong": float(residuals.loc[~residuals["correct"], "confidence"].mean()),
             "pca_explained_variance": {name: ratio for name, (_, ratio) in pca.items()},
+            "expected_calibration_error": expected_calibration_error(calibration, len(residuals)),
         },
     )
     log.info("analysis: %d mistakes on %d test samples", (~residuals["correct"]).sum(), len(residuals))
@@ -79,6 +83,65 @@ def per_class_table(residuals: pd.DataFrame, confusion: pd.DataFrame, class_name
             "mean_loss": residuals.groupby("actual")["loss"].mean().reindex(range(len(class_names))).to_numpy(),
         }
     )
+
+
+def reliability(residuals: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
+    """Accuracy against confidence in equal-width confidence bins (the data of a reliability diagram)."""
+    edges = np.linspace(0, 1, bins + 1)
+    binned = residuals.assign(bin=pd.cut(residuals["confidence"], edges, include_lowest=True, labels=False))
+    table = binned.groupby("bin").agg(
+        confidence=("confidence", "mean"), accuracy=("correct", "mean"), count=("correct", "size")
+    )
+    with atomic_path(paths.ANALYSIS / "reliability.csv") as tmp:
+        table.to_csv(tmp)
+    return table
+
+
+def expected_calibration_error(table: pd.DataFrame, total: int) -> float:
+    return float((table["count"] / total * (table["accuracy"] - table["confidence"]).abs()).sum())
+
+
+def plot_reliability(table: pd.DataFrame) -> None:
+    fig = plots.figure(5, 4.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    ax.plot(table["confidence"], table["accuracy"], marker="o", label="model")
+    for _, row in table.iterrows():
+        ax.annotate(
+            str(int(row["count"])),
+            (row["confidence"], row["accuracy"]),
+            fontsize=7,
+            xytext=(3, -9),
+            textcoords="offset points",
+        )
+    ax.set(
+        xlabel="confidence (mean in bin)",
+        ylabel="accuracy in bin",
+        title="Reliability diagram (test)",
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="lower right")
+    plots.save(fig, paths.ANALYSIS / "reliability.png")
+
+
+def plot_per_class(per_class: pd.DataFrame) -> None:
+    fig = plots.figure(9, 3.5)
+    metrics_ax, loss_ax = fig.subplots(1, 2)
+    positions = np.arange(len(per_class))
+    metrics_ax.bar(positions - 0.2, per_class["precision"], width=0.4, label="precision")
+    metrics_ax.bar(positions + 0.2, per_class["recall"], width=0.4, label="recall")
+    metrics_ax.set(
+        xticks=positions,
+        ylim=(max(0.0, per_class[["precision", "recall"]].min().min() - 0.1), 1.0),
+        title="Per-class precision and recall (test)",
+    )
+    metrics_ax.set_xticklabels(per_class["class"], rotation=90)
+    metrics_ax.legend(loc="lower left", fontsize=7)
+    loss_ax.bar(positions, per_class["mean_loss"], color="tab:red")
+    loss_ax.set(xticks=positions, title="Per-class mean residual (cross-entropy)")
+    loss_ax.set_xticklabels(per_class["class"], rotation=90)
+    plots.save(fig, paths.ANALYSIS / "per_class.png")
 
 
 def project(values: torch.Tensor) -> tuple[np.ndarray, list[float]]:

@@ -140,12 +140,14 @@ def test_accuracy_of_checkpoint(params: Params, data: PreparedData, tensorboard)
 def curves_figure(table: pd.DataFrame, best: dict[str, float], swa_start: int):
     fig = plots.figure(10, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
+    epochs = table["epoch"] + 1  # counted from 1, as the logs count them
     for split in ("train", "val"):
-        loss_ax.plot(table["epoch"], table[f"{split}/loss"], label=split)
-        acc_ax.plot(table["epoch"], table[f"{split}/acc"], label=split)
-    loss_ax.scatter([best["epoch"]], [best[MONITOR]], color="tab:red", zorder=3, label="lowest val/loss")
+        loss_ax.plot(epochs, table[f"{split}/loss"], label=split)
+        acc_ax.plot(epochs, table[f"{split}/acc"], label=split)
+    loss_ax.scatter([best["epoch"] + 1], [best[MONITOR]], color="tab:red", zorder=3, label="lowest val/loss")
     for ax in (loss_ax, acc_ax):
-        ax.axvline(swa_start + 0.5, color="grey", linestyle=":", label="averaging starts")
+        # The average is first updated after epoch swa_start + 1 and validated from the next one.
+        ax.axvline(swa_start + 1.5, color="grey", linestyle=":", label="averaging starts")
         ax.set_xlabel("epoch")
         ax.legend()
     loss_ax.set(ylabel="cross-entropy", title="Loss", yscale="log")

@@ -20,15 +20,24 @@ def run(params: Params) -> None:
     papermill.execute_notebook(
         str(paths.REPORT_NOTEBOOK),
         str(EXECUTED),
-        parameters={"title": params.report.title, "results": str(paths.RESULTS), "prepared": str(paths.PREPARED)},
+        parameters={
+            "title": params.report.title,
+            "results": str(paths.RESULTS),
+            "prepared": str(paths.PREPARED),
+            "tensorboard": str(paths.TB),
+        },
         kernel_name="python3",
         progress_bar=False,
         cwd=".",
     )
-    # Code hidden; figures are already embedded as base64 PNGs; no MathJax or require.js from a CDN.
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    exporter.mathjax_url = ""
-    exporter.require_js_url = ""
+    # Code hidden; figures already embedded as base64 PNGs; the offline template fetches no scripts.
+    exporter = HTMLExporter(
+        template_name="offline",
+        extra_template_basedirs=[str(paths.REPORT_NOTEBOOK.parent)],
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
     html, _ = exporter.from_notebook_node(nbformat.read(EXECUTED, as_version=4))
     write_text(paths.REPORT_HTML, html)
     log.info("report: %s (%.0f kB)", paths.REPORT_HTML, len(html) / 1024)
