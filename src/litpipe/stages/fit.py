@@ -58,7 +58,8 @@ def run(params: Params) -> None:
     trainer = make_trainer(
         params,
         distributed=True,
-        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), preemption, *observers],
+        # Preemption last: its checkpoint must come after every other callback's epoch-end work.
+        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), *observers, preemption],
         logger=[tensorboard, *extra],
         enable_checkpointing=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
