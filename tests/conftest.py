@@ -1,5 +1,6 @@
 """Shared fixtures: a throwaway copy of the repository and helpers to run the real tools in it."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -108,6 +109,25 @@ def pipeline(tmp_path_factory) -> tuple[Path, str, float]:
     started = time.perf_counter()
     result = run(["dvc", "repro"], repo)
     return repo, result.stdout, time.perf_counter() - started
+
+
+@pytest.fixture
+def digits(tmp_path, monkeypatch, default_params):
+    """A temporary working directory with the digits data prepared; returns FAST params."""
+    from litpipe.config import Params
+    from litpipe.stages import prepare
+
+    monkeypatch.chdir(tmp_path)
+    params = Params.model_validate(default_params).override({k: v for k, v in FAST.items() if k != "search.space"})
+    prepare.run(params)
+    return params
+
+
+def require_module(name: str) -> None:
+    """An optional Python package the tests exercise (installed by `make test` through the dev extra)."""
+    if importlib.util.find_spec(name) is None:
+        message = f"the {name} package is not installed (pip install -e '.[dev]')"
+        pytest.fail(message) if REQUIRE_TOOLS else pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -5,15 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from litpipe import paths
-from litpipe.config import Params
 from litpipe.data.prepared import load_split
 from litpipe.errors import StageError
 from litpipe.io import read_json, write_json
 from litpipe.models.classifier import Classifier
 from litpipe.models.networks import CNN, MLP
-from litpipe.stages import fit, prepare, sanity
+from litpipe.stages import fit, sanity
 
-from .conftest import FAST
 
 
 @pytest.mark.parametrize("network", [MLP, CNN])
@@ -22,14 +20,6 @@ def test_networks_map_images_to_class_logits(network, shape):
     net = network(shape, num_classes=10, width=8, depth=3, dropout=0.1)
     assert net(torch.randn(5, *shape)).shape == (5, 10)
     assert list(net.hidden) == [f"{'hidden' if network is MLP else 'conv'}{i}" for i in (1, 2, 3)]
-
-
-@pytest.fixture
-def digits(tmp_path, monkeypatch, default_params) -> Params:
-    monkeypatch.chdir(tmp_path)
-    params = Params.model_validate(default_params).override({k: v for k, v in FAST.items() if k != "search.space"})
-    prepare.run(params)
-    return params
 
 
 def test_classifier_normalises_raw_uint8_images(digits):

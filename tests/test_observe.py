@@ -1,7 +1,6 @@
 """Observability against the real TensorBoard server, plus the profiler, logs and W&B offline."""
 
 import csv
-import importlib.util
 import json
 import math
 import socket
@@ -19,10 +18,10 @@ from litpipe import paths
 from litpipe.config import Params
 from litpipe.observe.monitors import GradientNorms
 from litpipe.observe.tensorboard import HP_METRICS, hparam_columns, open_run
-from litpipe.stages import prepare, sanity
+from litpipe.stages import sanity
 from litpipe.training import make_trainer
 
-from .conftest import FAST, STAGES, require_tool, tool_env
+from .conftest import STAGES, require_module, require_tool, tool_env
 
 
 class TensorBoardServer:
@@ -198,14 +197,6 @@ def test_activations_and_wall_times_are_recorded_for_analysis_and_report(pipelin
         assert timing["stage"] == stage and timing["seconds"] > 0
 
 
-@pytest.fixture
-def digits(tmp_path, monkeypatch, default_params) -> Params:
-    monkeypatch.chdir(tmp_path)
-    params = Params.model_validate(default_params).override({k: v for k, v in FAST.items() if k != "search.space"})
-    prepare.run(params)
-    return params
-
-
 def test_profiler_on_three_batches_writes_a_training_trace_and_an_op_table(digits):
     operations = sanity.profile(digits.override({"sanity.profile_batches": 3}), json.loads(paths.META.read_text()))
     traces = sorted(p.name for p in sanity.PROFILE_DIR.iterdir() if p.name.endswith(".pt.trace.json"))
@@ -249,8 +240,8 @@ def test_non_finite_gradient_norms_are_skipped_with_a_warning(tmp_path, monkeypa
     assert "non-finite gradient norms at step 1" in caplog.text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is optional and not installed")
 def test_wandb_offline_run_is_written(digits, monkeypatch):
+    require_module("wandb")
     from litpipe.io import write_json
     from litpipe.stages import fit
 
