@@ -13,7 +13,6 @@ from litpipe.models.networks import CNN, MLP
 from litpipe.stages import fit, sanity
 
 
-
 @pytest.mark.parametrize("network", [MLP, CNN])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
 def test_networks_map_images_to_class_logits(network, shape):

@@ -80,6 +80,10 @@ def test_dvc_exp_run_compares_a_learning_rate(pipeline):
     try:
         run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
         table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+        # The experiment's own report names it; a report made once experiments exist compares them.
+        summary_names_it = "<td>lr-high</td>" in (repo / "reports/report.html").read_text()
+        run(["litpipe", "report"], repo)
+        comparison = (repo / "reports/report.html").read_text().split(">Experiments")[-1]
     finally:  # back to the baseline workspace for the tests that share this pipeline
         run(["git", "checkout", "--", "."], repo)
         run(["dvc", "checkout", "--force"], repo)
@@ -89,6 +93,8 @@ def test_dvc_exp_run_compares_a_learning_rate(pipeline):
     assert float(baseline["optim.lr"]) != 0.01
     assert 0.5 < float(experiment["accuracy"]) <= 1
     assert experiment["accuracy"] != baseline["accuracy"]  # the learning rate really reached the fit
+    assert summary_names_it
+    assert "lr-high" in comparison and experiment["accuracy"][:6] in comparison
 
 
 def test_fast_settings_pipeline_and_failing_sanity_stop(tmp_path):
