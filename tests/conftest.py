@@ -18,13 +18,17 @@ BIN = Path(sys.executable).parent  # the environment litpipe, dvc and friends ar
 REQUIRE_TOOLS = os.environ.get("LITPIPE_REQUIRE_TOOLS") == "1"
 
 
+def missing(message: str) -> None:
+    """A real component a test needs is absent: skip on a laptop, fail under CI."""
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{message} (LITPIPE_REQUIRE_TOOLS=1)")
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if path is None:
-        message = f"{name} is not installed"
-        if REQUIRE_TOOLS:
-            pytest.fail(message + " (LITPIPE_REQUIRE_TOOLS=1)")
-        pytest.skip(message)
+        missing(f"{name} is not installed")
     return path
 
 
@@ -126,8 +130,7 @@ def digits(tmp_path, monkeypatch, default_params):
 def require_module(name: str) -> None:
     """An optional Python package the tests exercise (installed by `make test` through the dev extra)."""
     if importlib.util.find_spec(name) is None:
-        message = f"the {name} package is not installed (pip install -e '.[dev]')"
-        pytest.fail(message) if REQUIRE_TOOLS else pytest.skip(message)
+        missing(f"the {name} package is not installed (pip install -e '.[dev]')")
 
 
 @pytest.fixture(scope="session")

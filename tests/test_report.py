@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from .conftest import REQUIRE_TOOLS
+from .conftest import missing
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +22,7 @@ def chromium() -> str:
     except ImportError:
         path = None
     if path is None:
-        message = "needs Debian's chromium and the playwright package"
-        pytest.fail(message) if REQUIRE_TOOLS else pytest.skip(message)
+        missing("needs Debian's chromium and the playwright package")
     return path
 
 

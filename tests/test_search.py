@@ -22,7 +22,7 @@ from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 from litpipe.stages import prepare
 
-from .conftest import REQUIRE_TOOLS, tool_env
+from .conftest import missing, tool_env
 
 GRID_12 = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1], "model.depth": [1, 2]}
 
@@ -260,8 +260,7 @@ def postgres():
     """A real PostgreSQL 15 server on 127.0.0.1 (Debian's packages), run as the postgres user."""
     bindir = Path("/usr/lib/postgresql/15/bin")
     if not (bindir / "initdb").exists() or shutil.which("runuser") is None:
-        message = "PostgreSQL 15 is not installed (apt-get install postgresql)"
-        pytest.fail(message) if REQUIRE_TOOLS else pytest.skip(message)
+        missing("PostgreSQL 15 is not installed (apt-get install postgresql)")
     # pytest's own temporary directories are private to root; the server runs as postgres.
     base = Path(tempfile.mkdtemp(prefix="litpipe-postgres-"))
     shutil.chown(base, "postgres", "postgres")
