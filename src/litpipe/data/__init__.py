@@ -9,4 +9,5 @@ DATASETS = {
     "mnist": "litpipe.data.torchvision_sets:load_mnist",
     "fashion_mnist": "litpipe.data.torchvision_sets:load_fashion_mnist",
     "kmnist": "litpipe.data.torchvision_sets:load_kmnist",
+    "synthetic_mnist": "litpipe.data.synthetic:load",
 }
