@@ -11,6 +11,7 @@ from litpipe.io import read_json, write_json
 from litpipe.models.classifier import Classifier
 from litpipe.models.networks import CNN, MLP
 from litpipe.stages import fit, sanity
+from litpipe.training import build_model
 
 
 @pytest.mark.parametrize("network", [MLP, CNN])
@@ -24,7 +25,7 @@ def test_networks_map_images_to_class_logits(network, shape):
 def test_classifier_normalises_raw_uint8_images(digits):
     from litpipe.data.prepared import load_meta
 
-    model = Classifier.from_params(digits, load_meta()).eval()
+    model = build_model(digits, load_meta()).eval()
     x = load_split("train").x[:4]
     expected = model.net((x.float() - model.mean) / model.std)
     assert torch.allclose(model(x), expected)

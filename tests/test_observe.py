@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from litpipe import paths
 from litpipe.config import Params
-from litpipe.observe.monitors import GradientNorms
+from litpipe.observe.monitors import Monitors
 from litpipe.observe.tensorboard import HP_METRICS, hparam_columns, open_run
 from litpipe.stages import sanity
 from litpipe.training import make_trainer
@@ -232,7 +232,13 @@ class Exploding(pl.LightningModule):
 def test_non_finite_gradient_norms_are_skipped_with_a_warning(tmp_path, monkeypatch, digits, caplog):
     run = open_run("guard")
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(6, 4)), batch_size=2)
-    trainer = make_trainer(digits, max_epochs=1, logger=run, callbacks=[GradientNorms(every=1)], gradient_clip_val=None)
+    trainer = make_trainer(
+        digits,
+        max_epochs=1,
+        logger=run,
+        callbacks=[Monitors(every=1, gradient_norms=True, histograms=False, device_stats=False, probe=None)],
+        gradient_clip_val=None,
+    )
     trainer.fit(Exploding(), train_dataloaders=data)
     events = EventAccumulator(str(paths.TB / "guard")).Reload()
     logged = events.Scalars("grad_norm/total")

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+from typing import TextIO
 
 from litpipe import paths
 
@@ -39,7 +40,26 @@ def main(argv: list[str] | None = None) -> int:
                 help="run one part only, as cluster jobs do (default: all, with search.n_workers local workers)",
             )
             command.add_argument("--worker", type=int, default=0, metavar="N", help="worker index (with --part worker)")
+    bench = commands.add_parser(
+        "bench",
+        help="Time litpipe's training path against a plain PyTorch loop (prints JSON).",
+        description="Time the fit's training path against a plain PyTorch loop doing the same work, on the "
+        "prepared splits or synthetic MNIST-shaped data; or, with --search N, search throughput with 1 and N "
+        "workers. Prints one JSON object; progress goes to stderr and logs/bench.log.",
+    )
+    bench.add_argument("--synthetic", action="store_true", help="60,000 MNIST-shaped images instead of data/prepared")
+    bench.add_argument("--batch-size", type=int, metavar="B", help="default: train.batch_size")
+    bench.add_argument(
+        "--epochs", type=int, default=5, metavar="E", help="epochs per run or trial (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--repeats", type=int, default=1, metavar="R", help="runs of each variant, in turn (default: %(default)s)"
+    )
+    bench.add_argument("--search", type=int, metavar="N", help="search throughput with 1 and N workers instead")
+    bench.add_argument("--points", type=int, metavar="P", help="grid points of the search (default: 2 N)")
     args = parser.parse_args(argv)
+    if args.stage == "bench":
+        return run_bench(args)
     part = getattr(args, "part", None)
     # Collecting closes the stage: it writes the stage's own log and timing, as the whole stage does.
     whole = part in (None, "collect")
@@ -82,6 +102,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    """`litpipe bench`: the JSON result alone on stdout, progress on stderr and in logs/bench.log."""
+    from litpipe.config import load_params
+    from litpipe.errors import ConfigError, StageError
+
+    try:
+        params = load_params(args.params)
+        if args.batch_size:
+            params = params.override({"train.batch_size": args.batch_size})
+    except ConfigError as error:
+        print(f"litpipe: {error}", file=sys.stderr)
+        return 2
+    if args.epochs < 2 or (args.search is not None and args.search < 1):
+        print(
+            "litpipe: bench: --epochs must be at least 2 (the first is a warm-up) and --search at least 1",
+            file=sys.stderr,
+        )
+        return 2
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    log_to(paths.log_file("bench"), stream=sys.stderr)
+    from litpipe import bench
+
+    adopt_library_loggers()
+    try:
+        result = bench.run(params, args.synthetic, args.epochs, args.repeats, args.search, args.points)
+    except StageError as error:
+        logging.getLogger("litpipe").error("bench failed: %s", error)
+        return 1
+    print(bench.dumps(result))
+    return 0
+
+
 def process_rank() -> int:
     """This process's rank under DDP, from the variables Lightning and SLURM set (0 when alone)."""
     for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
@@ -90,12 +142,12 @@ def process_rank() -> int:
     return 0
 
 
-def log_to(log_file: os.PathLike) -> None:
-    """Messages go to stdout (errors to stderr) and to logs/<stage>.log (cluster job output files
+def log_to(log_file: os.PathLike, stream: TextIO = sys.stdout) -> None:
+    """Messages go to `stream` (errors to stderr) and to logs/<stage>.log (cluster job output files
     have opaque names)."""
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    progress, errors = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    progress, errors = logging.StreamHandler(stream), logging.StreamHandler(sys.stderr)
     progress.addFilter(lambda record: record.levelno < logging.ERROR)
     errors.setLevel(logging.ERROR)
     handlers: list[logging.Handler] = [progress, errors, logging.FileHandler(log_file, mode="w")]

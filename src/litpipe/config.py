@@ -62,6 +62,16 @@ class TrainParams(Section):
     devices: PositiveInt  # per node, for the fit (DDP when more than one); other stages use one
     num_nodes: PositiveInt
     strategy: Literal["auto", "ddp"]
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"]
+    compile: bool  # torch.compile the network for training
+    data_path: Literal["auto", "resident", "loader"]  # see data/prepared.py
+    loader_workers: Annotated[int, Field(ge=0)]  # DataLoader worker processes on the loader path
+
+    @model_validator(mode="after")
+    def supported(self) -> "TrainParams":
+        if self.precision == "16-mixed" and self.accelerator == "cpu":
+            raise ValueError("precision 16-mixed needs a GPU; on the CPU use 32-true or bf16-mixed")
+        return self
 
 
 class SanityParams(Section):

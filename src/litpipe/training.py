@@ -1,30 +1,61 @@
 """What every training stage shares: seeding, the Trainer, epoch history, weight averaging."""
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from litpipe.config import Params
+from litpipe.errors import StageError
+from litpipe.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
+
+# `import lightning` sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that asking whether CUDA exists does not
+# initialise it before a fork). On a machine without a GPU torch then loads the NVML library on every
+# `torch.cuda.is_available()`, and Adam asks on every step: ~0.1 ms a step. litpipe never forks a process
+# that uses CUDA (DDP starts fresh processes; DataLoader workers stay on the CPU).
+os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
 def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
+def build_model(params: Params, meta: dict[str, Any]) -> Classifier:
+    """The configured model for the prepared data; its network compiled when train.compile is on."""
+    model = Classifier(
+        **params.model.model_dump(),
+        input_shape=meta["input_shape"],
+        num_classes=meta["num_classes"],
+        mean=meta["mean"],
+        std=meta["std"],
+        lr=params.optim.lr,
+        weight_decay=params.optim.weight_decay,
+        plateau_factor=params.optim.plateau_factor,
+        plateau_patience=params.optim.plateau_patience,
+    )
+    if params.train.compile:
+        model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
+    return model
+
+
 def make_trainer(params: Params, distributed: bool = False, **overrides: Any) -> pl.Trainer:
     """A deterministic Trainer on the configured accelerator; stages pass what differs (epochs, callbacks,
     logger). One device, except for `distributed` (the fit), which uses train.devices/num_nodes/strategy."""
     train = params.train
+    if train.precision == "16-mixed" and device_type(params) != "cuda":
+        raise StageError("train.precision: 16-mixed needs a CUDA GPU and none is in use; use 32-true or bf16-mixed")
     settings: dict[str, Any] = dict(
         accelerator=train.accelerator,
+        precision=train.precision,
         devices=train.devices if distributed else 1,
         num_nodes=train.num_nodes if distributed else 1,
         strategy=train.strategy if distributed else "auto",
@@ -44,6 +75,14 @@ def make_trainer(params: Params, distributed: bool = False, **overrides: Any) ->
     )
     settings.update(overrides)
     return pl.Trainer(**settings)
+
+
+def device_type(params: Params) -> str:
+    """The kind of device the training stages run on: "cuda", "mps" or "cpu"."""
+    accelerator = params.train.accelerator
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return "cuda" if accelerator == "gpu" else accelerator
 
 
 class History(Callback):

@@ -1,18 +1,32 @@
-"""The prepared splits as device-resident tensors, batched by slicing a random permutation.
+"""The prepared splits, batched in one of two ways that give the same batches.
 
-A per-sample Dataset + DataLoader costs more than the model itself on data this small (see
-DESIGN.md), so each split is one uint8 tensor that lives on the training device.
+- resident: each split is one uint8 tensor on the training device; an epoch's batches are slices of
+  it in a seeded random order. A per-sample Dataset + DataLoader costs more than a small model
+  itself (see DESIGN.md), so this is the path whenever the splits fit.
+- loader: for splits that do not fit in the device's memory, a DataLoader whose workers gather each
+  batch from the memory-mapped split file, with pinned memory for the copy to a GPU.
+
+Both take their sample order from the same `BatchOrder`, so a run gives the same metrics either way.
+`train.data_path: auto` picks resident when the splits take at most half of the device's free memory.
 """
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import psutil
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from litpipe import paths
+from litpipe.config import Params
 from litpipe.io import read_json
+
+log = logging.getLogger(__name__)
+
+RESIDENT_SHARE = 0.5  # of the device's free memory; the rest is for the model and a shuffled copy
 
 
 @dataclass(frozen=True)
@@ -26,9 +40,14 @@ class Split:
     def head(self, n: int) -> "Split":
         return Split(self.x[:n], self.y[:n])
 
+    @property
+    def nbytes(self) -> int:
+        return self.x.nbytes + self.y.nbytes
+
 
 def load_split(name: str) -> Split:
-    tensors = torch.load(paths.split_file(name), weights_only=True)
+    """A prepared split, memory-mapped: pages are read from disk when used, not all at once."""
+    tensors = torch.load(paths.split_file(name), weights_only=True, mmap=True)
     return Split(tensors["x"], tensors["y"])
 
 
@@ -36,61 +55,154 @@ def load_meta() -> dict[str, Any]:
     return read_json(paths.META)
 
 
-class Batches:
-    """An epoch of (x, y) batches; a new permutation per epoch when shuffling, from a seeded generator.
+class BatchOrder:
+    """The sample indices of each batch of an epoch; a new permutation per epoch when shuffling, from a
+    seeded generator.
 
     Under DDP each of `world` processes takes every world-th sample of the same permutation: disjoint
     shards of equal size (the remainder of n / world is left out), so every rank runs as many steps.
     """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return -(-(self.n // self.world) // self.batch_size)
+
+    def epoch(self) -> torch.Tensor | None:
+        """This epoch's sample order, or None when it is the split as stored."""
+        if not self.shuffle and self.world == 1:
+            return None
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        if self.world > 1:
+            order = order[: self.n // self.world * self.world][self.rank :: self.world]
+        return order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self.epoch()
+        if order is None:
+            order = torch.arange(self.n)
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+class Batches:
+    """The resident path: an epoch of (x, y) batches sliced from a split that lives on the device."""
 
     def __init__(
         self, split: Split, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1
     ) -> None:
         self.split = split
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-        self.rank, self.world = rank, world
+        self.order = BatchOrder(len(split.y), batch_size, shuffle, seed, rank, world)
 
     def __len__(self) -> int:
-        return -(-(len(self.split.y) // self.world) // self.batch_size)
+        return len(self.order)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if self.world > 1:
-            order = order[: n // self.world * self.world][self.rank :: self.world]
-        if self.shuffle or self.world > 1:
+        order = self.order.epoch()
+        if order is None:
+            x, y = self.split.x, self.split.y
+        else:  # one gather per epoch, then every batch is a view
             order = order.to(self.split.y.device)
             x, y = self.split.x[order], self.split.y[order]
-        else:
-            x, y = self.split.x, self.split.y
         for start in range(0, len(y), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 
 
-class PreparedData(pl.LightningDataModule):
-    """The prepared splits, moved once to the device the trainer runs on."""
+class SplitFile(Dataset):
+    """The loader path's dataset: item = a batch of indices, gathered from the memory-mapped split file.
+    Each worker process maps the file itself, so nothing large is copied to the workers."""
 
-    def __init__(self, batch_size: int, seed: int) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._split: Split | None = None
+
+    def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._split is None:
+            self._split = load_split(self.name)
+        return self._split.x[indices], self._split.y[indices]
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "_split": None}
+
+
+class PreparedData(pl.LightningDataModule):
+    """The prepared splits on the device the trainer runs on, resident or through a DataLoader."""
+
+    def __init__(
+        self, batch_size: int, seed: int, path: str = "auto", workers: int = 0, device: torch.device | None = None
+    ) -> None:
         super().__init__()
-        self.batch_size = batch_size
-        self.seed = seed
+        self.batch_size, self.seed = batch_size, seed
+        self.requested_path, self.workers = path, workers
+        self.device = device or torch.device("cpu")
+        self.path = ""  # "resident" or "loader", once set up
         self.splits: dict[str, Split] = {}
 
-    def setup(self, stage: str) -> None:
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        for name in paths.SPLITS:
-            if name not in self.splits:
-                self.splits[name] = load_split(name).to(device)
+    @classmethod
+    def from_params(cls, params: Params, device: torch.device | None = None) -> "PreparedData":
+        train = params.train
+        return cls(train.batch_size, params.seed, train.data_path, train.loader_workers, device)
 
-    def train_dataloader(self) -> Batches:
+    def setup(self, stage: str) -> None:
+        if self.splits:
+            return  # set up once per process: search trials reuse the loaded data
+        if self.trainer:
+            self.device = self.trainer.strategy.root_device
+        stored = {name: load_split(name) for name in paths.SPLITS}
+        needed = sum(split.nbytes for split in stored.values())
+        free = free_memory(self.device)
+        self.path = self.requested_path
+        if self.path == "auto":
+            self.path = "resident" if needed <= RESIDENT_SHARE * free else "loader"
+        how = f"DataLoader with {self.workers} workers" if self.path == "loader" else "resident"
+        log.info(
+            "data: %s on %s (splits %.0f MiB, device memory free %.0f MiB)",
+            how,
+            self.device,
+            needed / 2**20,
+            free / 2**20,
+        )
+        self.splits = (
+            {name: split.to(self.device) for name, split in stored.items()} if self.path == "resident" else stored
+        )
+
+    def train_dataloader(self) -> Batches | DataLoader:
         # Validation and test stay whole on every rank: small, and exact without gathering.
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return Batches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed, rank=rank, world=world)
+        return self._batches("train", shuffle=True, seed=self.seed, rank=rank, world=world)
 
-    def val_dataloader(self) -> Batches:
-        return Batches(self.splits["val"], self.batch_size, shuffle=False)
+    def val_dataloader(self) -> Batches | DataLoader:
+        return self._batches("val", shuffle=False)
 
-    def test_dataloader(self) -> Batches:
-        return Batches(self.splits["test"], self.batch_size, shuffle=False)
+    def test_dataloader(self) -> Batches | DataLoader:
+        return self._batches("test", shuffle=False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if self.path == "resident":
+            return batch  # already on the device: skip Lightning's generic walk through the batch
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def _batches(self, name: str, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> Batches | DataLoader:
+        split = self.splits[name]
+        if self.path == "resident":
+            return Batches(split, self.batch_size, shuffle, seed, rank, world)
+        return DataLoader(
+            SplitFile(name),
+            batch_size=None,  # the sampler yields whole batches of indices
+            sampler=BatchOrder(len(split.y), self.batch_size, shuffle, seed, rank, world),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.workers > 0,
+        )
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on the device: GPU memory for CUDA, available RAM otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available

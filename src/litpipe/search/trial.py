@@ -9,13 +9,12 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
-from litpipe.models.classifier import Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import monitors
 from litpipe.observe.tensorboard import add_params, end_session, open_run, start_session
 from litpipe.search import space as search_space
 from litpipe.search.study import lr_suggestion, worker_identity
-from litpipe.training import History, make_trainer, seed_everything
+from litpipe.training import History, build_model, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class TrialRunner:
         self.dimensions = params.search.dimensions()
         self.lr_suggestion = lr_suggestion(params)
         self.meta = load_meta()
-        self.data = PreparedData(params.train.batch_size, params.seed)
+        self.data = PreparedData.from_params(params)
         self.probe = load_split("val").head(params.observe.probe_size).x
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -61,7 +60,7 @@ class TrialRunner:
             params, max_epochs=params.search.max_epochs, callbacks=callbacks, logger=[tensorboard, *extra]
         )
         try:
-            trainer.fit(Classifier.from_params(params, self.meta), datamodule=self.data)
+            trainer.fit(build_model(params, self.meta), datamodule=self.data)
         finally:
             # Pruned or completed, the session shows what the trial reached.
             if history.rows:

@@ -9,9 +9,14 @@ with the same columns as the search trials, plus the test accuracy of the saved 
 
 import logging
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import lightning.pytorch as pl
 import pandas as pd
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from litpipe import paths, plots
 from litpipe.config import Params
@@ -20,28 +25,42 @@ from litpipe.errors import StageError
 from litpipe.io import atomic_path, read_json, write_json
 from litpipe.models.classifier import Classifier
 from litpipe.observe import wandb
-from litpipe.observe.monitors import ActivationTracker, monitors
+from litpipe.observe.monitors import ACTIVATION_COLUMNS, Monitors, monitors
 from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run, end_session, open_run, start_session
-from litpipe.training import History, Preempted, Preemption, StochasticWeightAveraging, make_trainer, seed_everything
+from litpipe.training import (
+    History,
+    Preempted,
+    Preemption,
+    StochasticWeightAveraging,
+    build_model,
+    make_trainer,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
 MONITOR = "val/loss"
 
 
-def run(params: Params) -> None:
-    searched = read_json(paths.SEARCH / "best.json")["params"]
-    params = params.override(searched)
-    seed_everything(params.seed)
-    meta, data = load_meta(), PreparedData(params.train.batch_size, params.seed)
-    model = Classifier.from_params(params, meta)
-    tensorboard, extra = open_run("fit"), wandb.wandb_loggers(params, "fit")
-    start_session(tensorboard, params, params.train.max_epochs)
-    provenance = describe_run(tensorboard, params, model)
+@dataclass
+class FitRun:
+    """The fit's Trainer, and the parts of it whose records the stage writes out."""
 
+    trainer: pl.Trainer
+    tensorboard: TensorBoardLogger
+    extra_loggers: list[Logger]
+    history: History
+    early_stopping: EarlyStopping
+    monitors: list[Monitors]
+    swa_start: int
+
+
+def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] = ()) -> FitRun:
+    """The Trainer with every callback and logger of the fit (`litpipe bench` times exactly this)."""
+    tensorboard, extra = open_run("fit"), wandb.wandb_loggers(params, "fit")
     swa_start = swa_start_epoch(params)
     history, swa = History(), StochasticWeightAveraging(swa_start)
-    observers = monitors(params, load_split("val").head(params.observe.probe_size).x)
+    observers = monitors(params, probe)
     checkpoint = ModelCheckpoint(
         dirpath=paths.BEST_CKPT.parent,
         filename=paths.BEST_CKPT.stem,
@@ -59,11 +78,33 @@ def run(params: Params) -> None:
         params,
         distributed=True,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.
-        callbacks=[history, early_stopping, swa, checkpoint, LearningRateMonitor("epoch"), *observers, preemption],
+        callbacks=[
+            history,
+            early_stopping,
+            swa,
+            checkpoint,
+            LearningRateMonitor("epoch"),
+            *observers,
+            preemption,
+            *callbacks,
+        ],
         logger=[tensorboard, *extra],
         enable_checkpointing=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
     )
+    return FitRun(trainer, tensorboard, extra, history, early_stopping, observers, swa_start)
+
+
+def run(params: Params) -> None:
+    searched = read_json(paths.SEARCH / "best.json")["params"]
+    params = params.override(searched)
+    seed_everything(params.seed)
+    meta, data = load_meta(), PreparedData.from_params(params)
+    model = build_model(params, meta)
+    fit = assemble(params, load_split("val").head(params.observe.probe_size).x)
+    trainer, tensorboard, history, swa_start = fit.trainer, fit.tensorboard, fit.history, fit.swa_start
+    start_session(tensorboard, params, params.train.max_epochs)
+    provenance = describe_run(tensorboard, params, model)
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume_from())
     except Preempted as stop:
@@ -79,9 +120,9 @@ def run(params: Params) -> None:
     best = history.best(MONITOR)
     with atomic_path(paths.FIT / "history.csv") as tmp:
         table.to_csv(tmp, index=False)
-    tracker = next((o for o in observers if isinstance(o, ActivationTracker)), None)
+    rows = [row for monitor in fit.monitors for row in monitor.activation_rows]
     with atomic_path(paths.FIT / "activations.csv") as tmp:
-        pd.DataFrame(tracker.rows if tracker else [], columns=ActivationTracker.COLUMNS).to_csv(tmp, index=False)
+        pd.DataFrame(rows, columns=ACTIVATION_COLUMNS).to_csv(tmp, index=False)
     figure = curves_figure(table, best, swa_start)
     add_figure(tensorboard, "curves", figure, trainer.global_step)
     plots.save(figure, paths.FIT / "curves.png")
@@ -108,13 +149,13 @@ def run(params: Params) -> None:
             "swa_start_epoch": swa_start,
             # The average is first updated at the end of epoch swa_start and validated from the next epoch.
             "checkpoint_is_averaged": best["epoch"] > swa_start,
-            "early_stopped": early_stopping.stopped_epoch > 0,
+            "early_stopped": fit.early_stopping.stopped_epoch > 0,
             **provenance,
         },
     )
     log.info("best epoch %d: val/loss %.4f, val/acc %.4f", best["epoch"], best[MONITOR], best["val/acc"])
     add_log_file(tensorboard, paths.log_file("fit"))
-    wandb.finish(extra)
+    wandb.finish(fit.extra_loggers)
 
 
 def resume_from() -> str | None:

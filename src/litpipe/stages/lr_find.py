@@ -9,17 +9,16 @@ from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta
 from litpipe.errors import StageError
 from litpipe.io import write_json
-from litpipe.models.classifier import Classifier
 from litpipe.observe.tensorboard import add_figure, add_text, open_run
-from litpipe.training import make_trainer, seed_everything
+from litpipe.training import build_model, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 def run(params: Params) -> None:
     seed_everything(params.seed)
-    model = Classifier.from_params(params, load_meta())
-    data = PreparedData(params.train.batch_size, params.seed)
+    model = build_model(params, load_meta())
+    data = PreparedData.from_params(params)
     trainer = make_trainer(params)
     finder = Tuner(trainer).lr_find(
         model,

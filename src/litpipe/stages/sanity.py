@@ -21,9 +21,8 @@ from litpipe.config import Params
 from litpipe.data.prepared import Batches, PreparedData, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
-from litpipe.models.classifier import Classifier
 from litpipe.observe.tensorboard import add_code, add_figure, open_run
-from litpipe.training import History, make_trainer, seed_everything
+from litpipe.training import History, build_model, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def overfit_one_batch(params: Params, meta: dict, tensorboard) -> pd.DataFrame:
     """Train on one fixed batch; validate on that same batch in eval mode (no dropout)."""
     seed_everything(params.seed)
     batch = Batches(load_split("train").head(params.train.batch_size), params.train.batch_size, shuffle=False)
-    model = Classifier.from_params(params, meta)
+    model = build_model(params, meta)
     history = History(label="overfit ")
     trainer = make_trainer(params, max_epochs=params.sanity.overfit_epochs, callbacks=[history], logger=tensorboard)
     trainer.fit(model, train_dataloaders=batch, val_dataloaders=batch)
@@ -81,8 +80,8 @@ def overfit_one_batch(params: Params, meta: dict, tensorboard) -> pd.DataFrame:
 
 def fast_dev_run(params: Params, meta: dict) -> dict[str, float]:
     seed_everything(params.seed)
-    model = Classifier.from_params(params, meta)
-    data = PreparedData(params.train.batch_size, params.seed)
+    model = build_model(params, meta)
+    data = PreparedData.from_params(params)
     trainer = make_trainer(params, fast_dev_run=True)
     trainer.fit(model, datamodule=data)
     fitted = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -109,7 +108,7 @@ def profile(params: Params, meta: dict) -> str:
     trainer = make_trainer(
         params, max_epochs=1, limit_train_batches=batches, limit_val_batches=batches, profiler=profiler
     )
-    trainer.fit(Classifier.from_params(params, meta), datamodule=PreparedData(params.train.batch_size, params.seed))
+    trainer.fit(build_model(params, meta), datamodule=PreparedData.from_params(params))
     # torch names traces <worker>.<milliseconds>.pt.trace.json; keep the loop, drop the timestamp.
     for trace in PROFILE_DIR.glob("*.pt.trace.json"):
         loop = re.search(r"(\w+_step)\.\d+\.pt\.trace\.json$", trace.name)

@@ -16,7 +16,7 @@ def run(params: Params) -> None:
     seed_everything(params.seed)
     model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu")
     trainer = make_trainer(params)
-    (result,) = trainer.test(model, datamodule=PreparedData(params.train.batch_size, params.seed), verbose=False)
+    (result,) = trainer.test(model, datamodule=PreparedData.from_params(params), verbose=False)
     metrics = {"accuracy": result["test/acc"], "loss": result["test/loss"], "samples": load_meta()["sizes"]["test"]}
     write_json(paths.TEST / "metrics.json", metrics)
     log.info("test: accuracy %.4f, loss %.4f on %d samples", metrics["accuracy"], metrics["loss"], metrics["samples"])
