@@ -44,9 +44,15 @@ def test_repository_params_are_valid():
             "data",
             "dataset",
             "cifar",
-            "data.dataset: unknown dataset 'cifar'; allowed: digits, mnist, fashion_mnist, kmnist",
+            "data.dataset: unknown dataset 'cifar'; allowed: digits, mnist, fashion_mnist, kmnist, synthetic_mnist",
         ),
         ("data", "test_fraction", 1.5, "data.test_fraction: input should be less than 1"),
+        ("train", "precision", "fp16", "train.precision: input should be '32-true', 'bf16-mixed' or '16-mixed'"),
+        ("train", "precision", 32, "train.precision: input should be '32-true', 'bf16-mixed' or '16-mixed' (got 32)"),
+        ("train", "compile", "yes please", "train.compile: input should be a valid boolean"),
+        ("train", "data_path", "disk", "train.data_path: input should be 'auto', 'resident' or 'loader'"),
+        ("train", "loader_workers", -1, "train.loader_workers: input should be greater than or equal to 0"),
+        ("search", "cuda_mps", "on", "search.cuda_mps: input should be 'auto' or 'off'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, default_params, section, key, value, expected):
@@ -55,6 +61,13 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, default_params, s
     message = str(error.value)
     assert "\n" not in message
     assert expected in message
+
+
+def test_half_precision_on_the_cpu_is_refused_before_any_work(tmp_path, default_params):
+    params = modified(default_params, "train", "precision", "16-mixed")
+    params["train"]["accelerator"] = "cpu"
+    with pytest.raises(ConfigError, match="train: precision 16-mixed needs a GPU; on the CPU use 32-true or bf16-mixed"):
+        load_params(write(tmp_path, params))
 
 
 def test_unknown_key_lists_the_allowed_keys(tmp_path, default_params):

@@ -194,20 +194,23 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir,
     assert len([t for t in study.trials if t.state == TrialState.FAIL]) <= 1
 
 
-def test_pruning_shows_in_the_trials_table(workdir):
-    # Widest first: the narrow nets that follow fall behind the median early and get pruned.
+@pytest.mark.parametrize("pruner", ["median", "successive_halving"])
+def test_pruning_shows_in_the_trials_table(workdir, pruner):
+    # Widest first: the narrow nets that follow fall behind early and get pruned.
     workdir(
         settings(
             space={"model.width": [128, 64, 32, 16, 4, 2]},
-            pruner="median",
+            pruner=pruner,
             pruner_startup_trials=1,
-            pruner_warmup_epochs=0,
+            pruner_warmup_epochs=1,
             max_epochs=15,
         )
     )
     litpipe("search")
-    states = [row["state"] for row in trials()]
+    rows = trials()
+    states = [row["state"] for row in rows]
     assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
+    assert all(row["params_model.width"] != "2" for row in rows if row["state"] == "COMPLETE")
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])

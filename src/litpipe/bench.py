@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def plain_loop(params: Params) -> list[float]:
     data = PreparedData.from_params(params, device)
     data.setup("fit")
     model = build_model(params, load_meta()).to(device)
-    configured = model.configure_optimizers()
+    configured = model.optimizers_for(params.train.precision)
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     autocast = _autocast(params.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=params.train.precision == "16-mixed")
@@ -145,6 +146,7 @@ def plain_loop(params: Params) -> list[float]:
 
 def litpipe_fit(params: Params) -> list[float]:
     """The fit stage's own Trainer, callbacks, loggers and monitors: the wall time of each epoch."""
+    shutil.rmtree(paths.MODELS, ignore_errors=True)  # as a fresh fit finds it
     seed_everything(params.seed)
     clock = EpochClock()
     run = fit.assemble(params, load_split("val").head(params.observe.probe_size).x, callbacks=[clock])

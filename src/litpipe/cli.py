@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("litpipe")
     started = time.perf_counter()
     stage = importlib.import_module(f"litpipe.stages.{args.stage}")
+    from litpipe import resources  # imports torch, as every stage does
+
+    resources.use_cpu_share()
     adopt_library_loggers()
     try:
         if part is None:
@@ -122,8 +125,9 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     log_to(paths.log_file("bench"), stream=sys.stderr)
-    from litpipe import bench
+    from litpipe import bench, resources
 
+    resources.use_cpu_share()
     adopt_library_loggers()
     try:
         result = bench.run(params, args.synthetic, args.epochs, args.repeats, args.search, args.points)

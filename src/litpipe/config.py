@@ -98,10 +98,11 @@ class SearchParams(Section):
     n_trials: PositiveInt  # random and tpe; the grid runs each of its points once
     n_workers: PositiveInt
     storage: str  # "journal" (a file next to the results) or an RDB URL
-    pruner: Literal["median", "none"]
+    pruner: Literal["median", "successive_halving", "hyperband", "none"]
     pruner_startup_trials: Annotated[int, Field(ge=0)]
     pruner_warmup_epochs: Annotated[int, Field(ge=0)]
     heartbeat_seconds: PositiveInt  # database storages: a trial silent for 3 intervals is retried
+    cuda_mps: Literal["auto", "off"]  # workers sharing a GPU: under a private CUDA MPS daemon (search/resources.py)
     max_epochs: PositiveInt
     space: Annotated[dict[str, Any], Field(min_length=1)]
 

@@ -87,7 +87,10 @@ def device_type(params: Params) -> str:
 
 class History(Callback):
     """One row of logged metrics per completed epoch, with the learning rate; each row is also logged
-    as one plain line, so batch logs show progress without a progress bar's carriage returns."""
+    as one plain line, so batch logs show progress without a progress bar's carriage returns.
+
+    The learning rate also goes to the loggers, as `lr-<Optimizer>` (the tag of Lightning's
+    LearningRateMonitor, whose hooks would run on every step for a once-per-epoch number)."""
 
     def __init__(self, label: str = "") -> None:
         self.label = label
@@ -108,6 +111,9 @@ class History(Callback):
             row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
             numbers = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             log.info("%sepoch %d/%d %s", self.label, row["epoch"] + 1, trainer.max_epochs, numbers)
+            tag = f"lr-{type(trainer.optimizers[0]).__name__}"
+            for logger in trainer.loggers:
+                logger.log_metrics({tag: row["lr"]}, step=trainer.global_step)
 
     def best(self, monitor: str = "val/loss") -> dict[str, float]:
         return min(self.rows, key=lambda row: row[monitor])

@@ -153,11 +153,8 @@ class PreparedData(pl.LightningDataModule):
         if self.trainer:
             self.device = self.trainer.strategy.root_device
         stored = {name: load_split(name) for name in paths.SPLITS}
-        needed = sum(split.nbytes for split in stored.values())
-        free = free_memory(self.device)
-        self.path = self.requested_path
-        if self.path == "auto":
-            self.path = "resident" if needed <= RESIDENT_SHARE * free else "loader"
+        needed, free = sum(split.nbytes for split in stored.values()), free_memory(self.device)
+        self.path = choose_path(self.requested_path, needed, free)
         how = f"DataLoader with {self.workers} workers" if self.path == "loader" else "resident"
         log.info(
             "data: %s on %s (splits %.0f MiB, device memory free %.0f MiB)",
@@ -198,7 +195,17 @@ class PreparedData(pl.LightningDataModule):
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.workers > 0,
+            # Its own generator for the workers' seeds: drawing them from the global one would shift the
+            # dropout noise, and the two paths would no longer train alike.
+            generator=torch.Generator().manual_seed(seed),
         )
+
+
+def choose_path(requested: str, needed: int, free: int) -> str:
+    """ "resident" when the splits take at most RESIDENT_SHARE of the device's free memory, else "loader"."""
+    if requested != "auto":
+        return requested
+    return "resident" if needed <= RESIDENT_SHARE * free else "loader"
 
 
 def free_memory(device: torch.device) -> int:

@@ -98,11 +98,22 @@ def make_sampler(params: Params) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(params: Params) -> optuna.pruners.BasePruner:
-    if params.search.pruner == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=params.search.pruner_startup_trials, n_warmup_steps=params.search.pruner_warmup_epochs
-    )
+    """Trials report val/loss after every epoch. Median: stop a trial that is worse than the median of the
+    others at the same epoch. Successive halving: at epochs w, 3w, 9w, ... (w = the warm-up) keep only the
+    best third of the trials that got there. Hyperband: successive halving in brackets of different w."""
+    search = params.search
+    first_rung = max(1, search.pruner_warmup_epochs)
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=search.pruner_startup_trials, n_warmup_steps=search.pruner_warmup_epochs
+        )
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=3)
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first_rung, max_resource=search.max_epochs, reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
 
 
 def setup(params: Params) -> optuna.Study:

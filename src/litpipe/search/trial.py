@@ -4,7 +4,7 @@ import logging
 from typing import Any
 
 import optuna
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from optuna_integration import PyTorchLightningPruningCallback
 
 from litpipe.config import Params
@@ -51,7 +51,6 @@ class TrialRunner:
         callbacks: list[Callback] = [
             history,
             EarlyStopping(MONITOR, patience=params.train.early_stopping_patience),
-            LearningRateMonitor("epoch"),
             *monitors(params, self.probe),
         ]
         if params.search.pruner != "none":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from litpipe import paths, plots
@@ -83,7 +83,6 @@ def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] 
             early_stopping,
             swa,
             checkpoint,
-            LearningRateMonitor("epoch"),
             *observers,
             preemption,
             *callbacks,

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 
-from litpipe import paths
+from litpipe import paths, resources
 from litpipe.config import Params
 from litpipe.errors import StageError
 from litpipe.search import outputs
@@ -58,9 +58,13 @@ def worker(params: Params, index: int) -> None:
     _route_optuna_logs()
     terminated = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    if not torch.cuda.is_available():  # workers share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.search.n_workers))
     study, runner = shared.open_study(params), TrialRunner(params)
+    gpu = (
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"
+        if torch.cuda.is_available()
+        else "no GPU"
+    )
+    log.info("worker %d: %d CPU threads, %s", index, torch.get_num_threads(), gpu)
     done = 0
     while not terminated and (trial := shared.next_trial(study, params, stop=lambda: bool(terminated))) is not None:
         state, value = TrialState.FAIL, None
@@ -83,17 +87,18 @@ def worker(params: Params, index: int) -> None:
 
 
 def run_workers(params: Params) -> None:
-    """Start n_workers `litpipe search --part worker` processes; on a GPU machine they share the GPUs round-robin."""
-    gpus = torch.cuda.device_count()
-    processes = []
-    for index in range(params.search.n_workers):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        command = [sys.executable, "-m", "litpipe.cli", "search", "--part", "worker", "--worker", str(index)]
-        processes.append(subprocess.Popen(command, env=env))
-    log.info("started %d workers (pids %s)", len(processes), ", ".join(str(p.pid) for p in processes))
-    failed = [(index, p.wait()) for index, p in enumerate(processes)]
+    """Start n_workers `litpipe search --part worker` processes, each on its own share of the cores; on a GPU
+    machine they share the GPUs round-robin (under CUDA MPS where several share one)."""
+    workers, gpus = params.search.n_workers, resources.visible_gpus()
+    shares = resources.cpu_shares(workers)
+    with resources.cuda_mps(-(-workers // len(gpus)) if gpus else 0, params.search.cuda_mps) as mps:
+        processes = []
+        for index in range(workers):
+            env = {**os.environ, **mps, **resources.worker_environment(index, shares[index], gpus)}
+            command = [sys.executable, "-m", "litpipe.cli", "search", "--part", "worker", "--worker", str(index)]
+            processes.append(subprocess.Popen(command, env=env))
+        log.info("started %d workers (pids %s)", len(processes), ", ".join(str(p.pid) for p in processes))
+        failed = [(index, p.wait()) for index, p in enumerate(processes)]
     failed = [(index, code) for index, code in failed if code != 0]
     if not failed:
         return

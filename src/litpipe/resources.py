@@ -1,0 +1,115 @@
+"""How litpipe processes share a machine: each its own CPU cores, GPUs round-robin, CUDA MPS when
+several search workers share a GPU.
+
+Every `litpipe` command runs one thread per core it was given: its CPU affinity, which SLURM sets to
+the job's allocation (torch would otherwise start a thread per core of the whole node). `litpipe search`
+splits its cores between the workers it starts and hands each its share in the environment.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import torch
+
+log = logging.getLogger(__name__)
+
+WORKER_CPUS = "LITPIPE_WORKER_CPUS"  # the cores a local worker may use, e.g. "0,1"
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+def available_cpus() -> list[int]:
+    """The cores this process may run on (its affinity: a SLURM job's allocation, a taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpu_shares(workers: int) -> list[list[int]]:
+    """Disjoint, equal sets of cores for `workers` processes; with more workers than cores, one core each,
+    in turn. Workers on separate cores run as fast as one alone; oversubscribed, all slow down."""
+    cpus = available_cpus()
+    if workers >= len(cpus):
+        return [[cpus[index % len(cpus)]] for index in range(workers)]
+    size = len(cpus) // workers
+    return [cpus[index * size : (index + 1) * size] for index in range(workers)]
+
+
+def worker_environment(index: int, share: list[int], gpus: list[str]) -> dict[str, str]:
+    """What worker `index` runs with: its cores, as many threads, and its GPU (round-robin)."""
+    threads = str(threads_for(share))  # also bounds the thread pools of numpy's and scikit-learn's libraries
+    env = {WORKER_CPUS: ",".join(map(str, share)), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return env
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process sees, as CUDA_VISIBLE_DEVICES names them (so a worker's choice maps to the same GPU)."""
+    count = torch.cuda.device_count()
+    if count == 0:
+        return []
+    listed = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return listed[:count] if listed else [str(index) for index in range(count)]
+
+
+def use_cpu_share() -> int:
+    """Keep to the cores this process was given (a launcher's share, else its affinity), one thread per
+    physical core among them. Returns the number of threads."""
+    given = os.environ.get(WORKER_CPUS)
+    cpus = [int(cpu) for cpu in given.split(",")] if given else available_cpus()
+    if given and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+    threads = threads_for(cpus)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def threads_for(cpus: list[int]) -> int:
+    """One thread per physical core: hyperthreads share a core's arithmetic units, a second thread on
+    them only adds contention."""
+    logical = psutil.cpu_count() or 1
+    per_core = max(1, logical // (psutil.cpu_count(logical=False) or logical))
+    return max(1, len(cpus) // per_core)
+
+
+@contextmanager
+def cuda_mps(workers_per_gpu: int, setting: str) -> Iterator[dict[str, str]]:
+    """Several processes on one GPU take turns on it; under CUDA MPS their kernels run side by side.
+
+    With `setting` "auto", more than one worker per GPU and MPS installed, start a private MPS control
+    daemon (its own pipe directory, so no other user's or job's daemon is touched) for the workers and
+    stop it afterwards. An MPS daemon that is already running (CUDA_MPS_PIPE_DIRECTORY set, as a cluster
+    sets it for `--gres=mps`) is used as it is. Yields the environment the workers need.
+    """
+    if setting == "off" or workers_per_gpu <= 1:
+        yield {}
+        return
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        log.info("CUDA MPS: using the running daemon at %s", os.environ["CUDA_MPS_PIPE_DIRECTORY"])
+        yield {}
+        return
+    if shutil.which(MPS_CONTROL) is None:
+        log.info("CUDA MPS is not installed (%s): %d workers per GPU take turns on it", MPS_CONTROL, workers_per_gpu)
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="litpipe-mps-") as directory:
+        env = {"CUDA_MPS_PIPE_DIRECTORY": f"{directory}/pipe", "CUDA_MPS_LOG_DIRECTORY": f"{directory}/log"}
+        for path in env.values():
+            os.makedirs(path)
+        daemon_env = {**os.environ, **env}
+        started = subprocess.run([MPS_CONTROL, "-d"], env=daemon_env, capture_output=True, text=True, check=False)
+        if started.returncode != 0:
+            log.warning("CUDA MPS did not start (%s); workers take turns on the GPU", started.stderr.strip())
+            yield {}
+            return
+        log.info("CUDA MPS: started a daemon for %d workers per GPU", workers_per_gpu)
+        try:
+            yield env
+        finally:
+            subprocess.run([MPS_CONTROL], input="quit\n", env=daemon_env, capture_output=True, text=True, check=False)
