@@ -66,7 +66,9 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, default_params, s
 def test_half_precision_on_the_cpu_is_refused_before_any_work(tmp_path, default_params):
     params = modified(default_params, "train", "precision", "16-mixed")
     params["train"]["accelerator"] = "cpu"
-    with pytest.raises(ConfigError, match="train: precision 16-mixed needs a GPU; on the CPU use 32-true or bf16-mixed"):
+    with pytest.raises(
+        ConfigError, match="train: precision 16-mixed needs a GPU; on the CPU use 32-true or bf16-mixed"
+    ):
         load_params(write(tmp_path, params))
 
 

@@ -152,7 +152,7 @@ def test_a_worker_keeps_to_its_share_of_cores():
 def test_bench_times_both_loops_and_reports_what_ran(digits, tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     result = subprocess.run(
-        ["litpipe", "bench", "--epochs", "2", "--batch-size", "128"],
+        ["litpipe", "bench", "--epochs", "2", "-S", "train.batch_size=128"],
         env=tool_env(),
         capture_output=True,
         text=True,
@@ -194,6 +194,19 @@ def test_bench_refuses_bad_arguments_in_one_line(tmp_path):
         ["litpipe", "bench", "--epochs", "1"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True, check=False
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--epochs must be at least 2" in result.stderr
-    result = subprocess.run(["litpipe", "bench"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True, check=False)
+    for bad, message in [
+        ("train.batch_size=0", "train.batch_size: input should be greater than or equal to 1"),
+        ("train.precison=bf16-mixed", "train.precison: unknown key"),
+        ("trian.batch_size=8", "trian: unknown key"),
+        ("seed.x=1", "seed.x: seed is a value, not a section"),
+        ("train.batch_size", "expected KEY=VALUE"),
+    ]:
+        result = subprocess.run(
+            ["litpipe", "bench", "-S", bad], cwd=tmp_path, env=tool_env(), capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    result = subprocess.run(
+        ["litpipe", "bench"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True, check=False
+    )
     assert result.returncode == 1 and "run `litpipe prepare`" in result.stderr and "Traceback" not in result.stderr
     assert os.path.exists(tmp_path / "logs" / "bench.log")

@@ -48,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         "workers. Prints one JSON object; progress goes to stderr and logs/bench.log.",
     )
     bench.add_argument("--synthetic", action="store_true", help="60,000 MNIST-shaped images instead of data/prepared")
-    bench.add_argument("--batch-size", type=int, metavar="B", help="default: train.batch_size")
+    bench.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param for this run, as `dvc exp run -S` does (e.g. -S train.batch_size=256)",
+    )
     bench.add_argument(
         "--epochs", type=int, default=5, metavar="E", help="epochs per run or trial (default: %(default)s)"
     )
@@ -107,22 +114,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """`litpipe bench`: the JSON result alone on stdout, progress on stderr and in logs/bench.log."""
-    from litpipe.config import load_params
+    from pydantic import ValidationError
+
+    from litpipe.config import describe, load_params
     from litpipe.errors import ConfigError, StageError
 
     try:
-        params = load_params(args.params)
-        if args.batch_size:
-            params = params.override({"train.batch_size": args.batch_size})
+        params = load_params(args.params).override(overrides(args.set))
     except ConfigError as error:
         print(f"litpipe: {error}", file=sys.stderr)
         return 2
-    if args.epochs < 2 or (args.search is not None and args.search < 1):
-        print(
-            "litpipe: bench: --epochs must be at least 2 (the first is a warm-up) and --search at least 1",
-            file=sys.stderr,
-        )
+    except ValidationError as error:
+        print(f"litpipe: -S: {describe(error)}", file=sys.stderr)
         return 2
+    counts = {
+        "--epochs": (args.epochs, 2),
+        "--repeats": (args.repeats, 1),
+        "--search": (args.search, 1),
+        "--points": (args.points, 1),
+    }
+    for flag, (value, least) in counts.items():
+        if value is not None and value < least:
+            print(f"litpipe: bench: {flag} must be at least {least} (got {value})", file=sys.stderr)
+            return 2
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     log_to(paths.log_file("bench"), stream=sys.stderr)
     from litpipe import bench, resources
@@ -136,6 +150,21 @@ def run_bench(args: argparse.Namespace) -> int:
         return 1
     print(bench.dumps(result))
     return 0
+
+
+def overrides(assignments: list[str]) -> dict[str, object]:
+    """`KEY=VALUE` pairs, each value read as YAML (so 256 is a number and [1, 2] a list)."""
+    import yaml
+
+    from litpipe.errors import ConfigError
+
+    values = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-S {assignment!r}: expected KEY=VALUE, e.g. train.batch_size=256")
+        values[key] = yaml.safe_load(value)
+    return values
 
 
 def process_rank() -> int:

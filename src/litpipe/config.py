@@ -161,7 +161,9 @@ class Params(Section):
             *parents, leaf = dotted.split(".")
             node = tree
             for key in parents:
-                node = node[key]
+                node = node.setdefault(key, {})  # an unknown section fails validation, naming it
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{dotted}: {key} is a value, not a section")
             node[leaf] = value
         return Params.model_validate(tree)
 
