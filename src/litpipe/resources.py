@@ -2,7 +2,8 @@
 several search workers share a GPU.
 
 Every `litpipe` command runs one thread per core it was given: its CPU affinity, which SLURM sets to
-the job's allocation (torch would otherwise start a thread per core of the whole node). `litpipe search`
+the job's allocation (torch would otherwise start a thread per core of the whole node), and no more
+than OMP_NUM_THREADS when a scheduler sets it. `litpipe search`
 splits its cores between the workers it starts and hands each its share in the environment.
 """
 
@@ -60,12 +61,15 @@ def visible_gpus() -> list[str]:
 
 def use_cpu_share() -> int:
     """Keep to the cores this process was given (a launcher's share, else its affinity), one thread per
-    physical core among them. Returns the number of threads."""
+    physical core among them, and no more than OMP_NUM_THREADS where a scheduler set it (Snakemake sets
+    it to the rule's threads). Returns the number of threads."""
     given = os.environ.get(WORKER_CPUS)
     cpus = [int(cpu) for cpu in given.split(",")] if given else available_cpus()
     if given and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     threads = threads_for(cpus)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     torch.set_num_threads(threads)
     return threads
 

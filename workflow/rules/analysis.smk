@@ -13,6 +13,7 @@ rule analyze:
         "logs/analyze.log",
     params:
         mistakes_shown=PARAMS.report.mistakes_shown,
+    threads: cores("light")
     resources:
         **resources("light"),
     conda:
@@ -41,6 +42,7 @@ rule report:
         "logs/report.log",
     params:
         title=PARAMS.report.title,
+    threads: cores("report")
     resources:
         **resources("report"),
     conda:

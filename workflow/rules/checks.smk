@@ -12,6 +12,7 @@ rule sanity:
         "logs/sanity.log",
     params:
         settings=PARAMS.model_dump(include={"seed", "model", "optim", "train", "sanity"}),
+    threads: cores("train")
     resources:
         **resources("train"),
     conda:
@@ -31,6 +32,7 @@ rule lr_find:
         "logs/lr_find.log",
     params:
         settings=PARAMS.model_dump(include={"seed", "model", "optim", "train", "lr_find"}),
+    threads: cores("train")
     resources:
         **resources("train"),
     conda:

@@ -38,3 +38,8 @@ RESOURCES = {
 
 def resources(kind):
     return {**RESOURCES[kind], **PLACEMENT}
+
+
+def cores(kind):
+    """The rule's `threads`: Snakemake sets OMP_NUM_THREADS to it, and litpipe runs that many threads."""
+    return RESOURCES[kind]["cpus_per_task"]

@@ -30,6 +30,7 @@ rule search_worker:
         touch("results/search/jobs/worker{index}.done"),
     log:
         "logs/search-worker{index}.log",
+    threads: cores("train")
     resources:
         **resources("train"),
     conda:
@@ -51,6 +52,7 @@ rule search:
         "results/timing/search.json",
     log:
         "logs/search.log",
+    threads: cores("light")
     resources:
         **resources("light"),
     conda:

@@ -18,6 +18,7 @@ rule fit:
         "logs/fit.log",
     params:
         settings=PARAMS.model_dump(include={"seed", "model", "optim", "train", "observe"}),
+    threads: cores("train")
     resources:
         # SIGUSR1 two minutes before the time limit: fit saves models/resume.ckpt and stops; a
         # re-run (or --retries) resumes from it.
@@ -38,6 +39,7 @@ rule test:
         "results/timing/test.json",
     log:
         "logs/test.log",
+    threads: cores("light")
     resources:
         **resources("light"),
     conda:

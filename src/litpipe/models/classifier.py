@@ -123,11 +123,11 @@ class Classifier(pl.LightningModule):
         hp = self.hparams
         # The fused kernel updates every parameter in one call: a third of the time of the per-tensor loop.
         # Lightning's mixed-precision plugin cannot clip a fused optimizer's gradients: there, the
-        # multi-tensor kernel.
-        fused = self.device.type in ("cpu", "cuda") and precision == "32-true"
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=fused or None, foreach=not fused or None
-        )
+        # multi-tensor kernel. Other devices get torch's default.
+        kernel = {"fused": True} if precision == "32-true" else {"foreach": True}
+        if self.device.type not in ("cpu", "cuda"):
+            kernel = {}
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **kernel)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience
         )
