@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from litpipe import paths
@@ -114,7 +115,7 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
         lambda: (e := tensorboard.post("/data/plugin/hparams/experiment", {"experimentName": ""}))["metricInfos"] and e
     )
     columns = [info["name"] for info in experiment["hparamInfos"]]
-    params = Params.model_validate(__import__("yaml").safe_load((repo / "params.yaml").read_text()))
+    params = Params.model_validate(yaml.safe_load((repo / "params.yaml").read_text()))
     assert set(columns) == set(hparam_columns(params, 1))
     assert [info["name"]["tag"] for info in experiment["metricInfos"]] == list(HP_METRICS)
 
@@ -135,8 +136,15 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
     assert fit_test_acc == pytest.approx(test_accuracy, abs=1e-6)
 
 
+def hidden_layers(repo) -> list[str]:
+    """The hidden blocks of the fitted model: as many as the depth the search chose."""
+    depth = json.loads((repo / "results/fit/summary.json").read_text())["params"]["model"]["depth"]
+    return [f"hidden{i}" for i in range(1, depth + 1)]
+
+
 @pytest.mark.integration
-def test_text_histograms_and_scalars_reach_tensorboard(tensorboard):
+def test_text_histograms_and_scalars_reach_tensorboard(pipeline, tensorboard):
+    layers = hidden_layers(pipeline[0])
     text_tags = tensorboard.wait_until(lambda: (t := tensorboard.get("/data/plugin/text/tags")).get("fit") and t)
     for tag in (
         "model/summary/text_summary",
@@ -157,7 +165,7 @@ def test_text_histograms_and_scalars_reach_tensorboard(tensorboard):
     images = tensorboard.get("/data/plugin/images/tags")
     assert "curves" in images["fit"] and "lr_find/curve" in images["lr_find"] and "sanity/overfit" in images["sanity"]
     histograms = tensorboard.get("/data/plugin/histograms/tags")["fit"]
-    assert {"activations/hidden1", "activations/hidden2", "params/net.head.weight"} <= set(histograms)
+    assert {*(f"activations/{layer}" for layer in layers), "params/net.head.weight"} <= set(histograms)
     scalars = tensorboard.get("/data/plugin/scalars/tags")
     fit_scalars = set(scalars["fit"])
     assert {"grad_norm/total", "grad_norm/net.head", "grad_norm/net.hidden.hidden1.0"} <= fit_scalars
@@ -180,7 +188,11 @@ def test_logs_mirror_what_tensorboard_gets(pipeline):
     assert "model summary:" in log and "In sizes" in log
     assert "epoch 1/60 " in log and "val/loss=" in log and "train/loss=" in log
     assert "\r" not in log  # plain lines, no progress-bar carriage returns in batch logs
-    assert "trial 0 epoch 1/30" in (repo / "logs/search.log").read_text()
+    # The search's workers each log to logs/search-workerN.log; the stage's log says it started them.
+    workers = yaml.safe_load((repo / "params.yaml").read_text())["search"]["n_workers"]
+    assert f"started {workers} workers" in (repo / "logs/search.log").read_text()
+    worker_logs = "".join((repo / f"logs/search-worker{i}.log").read_text() for i in range(workers))
+    assert "trial 0 epoch 1/30" in worker_logs
 
 
 @pytest.mark.integration
@@ -188,7 +200,8 @@ def test_activations_and_wall_times_are_recorded_for_analysis_and_report(pipelin
     repo, _, _ = pipeline
     rows = list(csv.DictReader((repo / "results/fit/activations.csv").open()))
     epochs = json.loads((repo / "results/fit/metrics.json").read_text())["epochs"]
-    assert len(rows) == 2 * epochs  # one row per hidden layer per epoch
+    assert len(rows) == len(hidden_layers(repo)) * epochs  # one row per hidden layer per epoch
+    assert {row["layer"] for row in rows} == set(hidden_layers(repo))
     assert {"mean", "std", "dead_fraction", "q05", "q50", "q95"} <= set(rows[0])
     assert all(0 <= float(row["dead_fraction"]) <= 1 for row in rows)
     assert (repo / "results/analysis/activations_evolution.png").stat().st_size > 0

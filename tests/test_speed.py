@@ -166,7 +166,7 @@ def test_bench_times_both_loops_and_reports_what_ran(digits, tmp_path):
     for name in ("plain", "litpipe", "litpipe_monitors_off"):
         assert len(report["epoch_s"][name]) == 1 and report["epoch_s"][name][0] > 0
     assert report["plain_epoch_s"] == report["epoch_s"]["plain"][0]
-    assert report["ratio"] == pytest.approx(report["litpipe_epoch_s"] / report["plain_epoch_s"], abs=1e-3)
+    assert report["ratio"] == pytest.approx(report["litpipe_epoch_s"] / report["plain_epoch_s"], rel=2e-3)
     assert report["threads"] == resources.threads_for(resources.available_cpus())
     assert not (tmp_path / "models").exists() and not (tmp_path / "tb").exists()  # ran in a scratch directory
 

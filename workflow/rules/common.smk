@@ -32,6 +32,9 @@ GPUS = int(os.environ.get("LITPIPE_GPUS", "0"))
 RESOURCES = {
     "light": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
     "train": dict(runtime=60, mem_mb=4000, cpus_per_task=2, gpu=GPUS),
+    # A search worker takes one core: N one-thread workers side by side beat one N-thread worker on
+    # small models (litpipe's own launcher splits the cores the same way).
+    "worker": dict(runtime=60, mem_mb=4000, cpus_per_task=1, gpu=GPUS),
     "report": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
 }
 

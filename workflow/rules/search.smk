@@ -30,9 +30,9 @@ rule search_worker:
         touch("results/search/jobs/worker{index}.done"),
     log:
         "logs/search-worker{index}.log",
-    threads: cores("train")
+    threads: cores("worker")
     resources:
-        **resources("train"),
+        **resources("worker"),
     conda:
         ENVIRONMENT
     shell:
