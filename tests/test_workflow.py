@@ -101,8 +101,17 @@ def slurm_cluster() -> None:
 
 
 def snakemake_on_slurm() -> list[str]:
-    # The plugin waits 40 s before its first status check by default: too slow for short test jobs.
-    return ["snakemake", "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "2"]
+    # The plugin waits 40 s before its first status check and 10 s between checks by default:
+    # polite on a busy cluster, but most of the wall time of a DAG of short test jobs.
+    return [
+        "snakemake",
+        "--profile",
+        "slurm",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--seconds-between-status-checks",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +163,14 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
     repo = copy_repo(tmp_path)
     space = {"model.width": [8, 12, 16, 24, 32, 48], "model.depth": [1, 2]}
     edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 10, "search.pruner": "none"})
+    # Up to the search only: the rest of the DAG under SLURM is the test above's.
     started = subprocess.Popen(
-        snakemake_on_slurm(), cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*snakemake_on_slurm(), "search"],
+        cwd=repo,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     params = load_params(repo / "params.yaml")
     job = running_worker_job(repo, params, started)
@@ -167,7 +182,7 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
     assert 0 < len(before) <= 12
     assert "search_worker" in output and ("CANCELLED" in output or "exit status 1" in output)
 
-    run(snakemake_on_slurm(), repo)  # the re-run: the cancelled worker's job again, then the rest
+    run([*snakemake_on_slurm(), "search"], repo)  # the re-run: the cancelled worker's job again, then the rest
     after = completed_trials(repo, params)
     assert len(after) == 12 and len({p for p, _ in after.values()}) == 12  # every point exactly once
     assert all(after[number] == done for number, done in before.items())  # completed trials kept, not re-run
