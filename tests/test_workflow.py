@@ -100,7 +100,7 @@ def slurm_cluster() -> None:
         missing(f"no SLURM node up (sinfo: {state or 'no answer'}); start one with .ci/slurm-up.sh")
 
 
-def snakemake_on_slurm() -> list[str]:
+def snakemake_on_slurm(*targets: str) -> list[str]:
     # The plugin waits 40 s before its first status check and 10 s between checks by default:
     # polite on a busy cluster, but most of the wall time of a DAG of short test jobs.
     return [
@@ -111,6 +111,7 @@ def snakemake_on_slurm() -> list[str]:
         "1",
         "--seconds-between-status-checks",
         "1",
+        *targets,
     ]
 
 
@@ -165,7 +166,7 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
     edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 10, "search.pruner": "none"})
     # Up to the search only: the rest of the DAG under SLURM is the test above's.
     started = subprocess.Popen(
-        [*snakemake_on_slurm(), "search"],
+        snakemake_on_slurm("search"),
         cwd=repo,
         env=tool_env(),
         stdout=subprocess.PIPE,
@@ -182,7 +183,7 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
     assert 0 < len(before) <= 12
     assert "search_worker" in output and ("CANCELLED" in output or "exit status 1" in output)
 
-    run([*snakemake_on_slurm(), "search"], repo)  # the re-run: the cancelled worker's job again, then the rest
+    run(snakemake_on_slurm("search"), repo)  # the re-run: the cancelled worker's job again, then the collect
     after = completed_trials(repo, params)
     assert len(after) == 12 and len({p for p, _ in after.values()}) == 12  # every point exactly once
     assert all(after[number] == done for number, done in before.items())  # completed trials kept, not re-run
