@@ -4,7 +4,9 @@ In one process, on the same network, data, batch size and device: a hand-written
 optimizer and scheduler, gradient clipping, validation every epoch, best weights saved when the
 validation loss improves) and the fit stage's real Trainer (every callback, logger and monitor the fit
 uses), then the same with the monitors off. An epoch is timed from its start to the next one's, so
-validation and every epoch-end hook count; the figure is the median over the epochs after the first.
+validation and every epoch-end hook count. Each of the fit's epochs is paired with a plain epoch run
+just before it, so that both see the same spell of a shared machine; the ratio is the median over the
+pairs after each run's first, the seconds the median over those epochs.
 
 `litpipe bench --search N` times `litpipe search` (processes, start-up included, as a user runs it) on
 one grid with 1 and with N workers and reports trials per minute.
@@ -57,29 +59,38 @@ def run(
 
 
 def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
-    """Each variant `repeats` times, in turn (so a slow spell of a shared machine hits all of them)."""
+    """Each litpipe variant `repeats` times, in turn, every epoch paired with a plain epoch run just
+    before it. A shared machine drifts by more than the differences measured, over seconds; a ratio
+    is the median of the ratios within pairs, whose two epochs run seconds apart."""
     params = params.override({"train.max_epochs": epochs, "train.early_stopping_patience": epochs})
     monitors_off = params.override({f"observe.{name}": False for name in MONITORS})
-    variants = {
-        "plain": lambda: plain_loop(params),
-        "litpipe": lambda: litpipe_fit(params),
-        "litpipe_monitors_off": lambda: litpipe_fit(monitors_off),
-    }
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    variants = {"litpipe": params, "litpipe_monitors_off": monitors_off}
+    runs: dict[str, list[list[float]]] = {name: [] for name in ("plain", *variants)}
     for repeat in range(repeats):
         for name, variant in variants.items():
-            log.info("%s: %d epochs (run %d of %d)", name, epochs, repeat + 1, repeats)
-            times[name] += variant()[1:]  # the first epoch of a run warms up caches and allocators
-    plain, litpipe, bare = (statistics.median(times[name]) for name in variants)
-    data = PreparedData.from_params(params, torch.device(device_type(params)))
-    data.setup("fit")
+            log.info("%s, each epoch paired with a plain one: %d epochs (run %d of %d)", name, epochs, repeat + 1, repeats)
+            plain, litpipe = litpipe_fit(variant, PlainLoop(params))
+            # The first epoch of a run warms up caches and allocators.
+            runs["plain"].append(plain[1:])
+            runs[name].append(litpipe[1:])
+
+    def epoch_s(name: str) -> float:
+        return round(statistics.median(t for run in runs[name] for t in run), 4)
+
+    def ratio(name: str) -> float:
+        plain_runs = runs["plain"][list(variants).index(name) :: len(variants)]
+        pairs = [t / p for run, plain in zip(runs[name], plain_runs) for t, p in zip(run, plain)]
+        return round(statistics.median(pairs), 3)
+
+    data = PlainLoop(params).data
     return {
-        "plain_epoch_s": round(plain, 4),
-        "litpipe_epoch_s": round(litpipe, 4),
-        "ratio": round(litpipe / plain, 3),
-        "litpipe_monitors_off_epoch_s": round(bare, 4),
-        "ratio_monitors_off": round(bare / plain, 3),
+        "plain_epoch_s": epoch_s("plain"),
+        "litpipe_epoch_s": epoch_s("litpipe"),
+        "ratio": ratio("litpipe"),
+        "litpipe_monitors_off_epoch_s": epoch_s("litpipe_monitors_off"),
+        "ratio_monitors_off": ratio("litpipe_monitors_off"),
         "batch_size": params.train.batch_size,
+        "steps_per_call": params.train.steps_per_call,
         "steps_per_epoch": len(data.train_dataloader()),
         "train_samples": len(data.splits["train"].y),
         "input_shape": load_meta()["input_shape"],
@@ -89,90 +100,105 @@ def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
         "precision": params.train.precision,
         "compile": params.train.compile,
         **_environment(data.device),
-        "epoch_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        "epoch_s": {name: [[round(t, 4) for t in run] for run in values] for name, values in runs.items()},
     }
 
 
-def plain_loop(params: Params) -> list[float]:
-    """The same training written by hand, train and validation metrics included; the wall time of each epoch."""
-    seed_everything(params.seed)
-    device = torch.device(device_type(params))
-    data = PreparedData.from_params(params, device)
-    data.setup("fit")
-    model = build_model(params, load_meta()).to(device)
-    configured = model.optimizers_for(params.train.precision)
-    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-    autocast = _autocast(params.train.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=params.train.precision == "16-mixed")
-    train_batches, val_batches = data.train_dataloader(), data.val_dataloader()
-    best, times = float("inf"), []
-    for _ in range(params.train.max_epochs):
-        started = _now(device)
+class PlainLoop:
+    """The same training written by hand, train and validation metrics included, one epoch at a time:
+    the model's own optimizer and scheduler, gradient clipping, best weights saved when validation improves."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.device = torch.device(device_type(params))
+        # Batches of `batch_size`, the loop a researcher would write: the pieces the fit takes its batches in.
+        self.data = PreparedData.from_params(params.override({"train.steps_per_call": 1}), self.device)
+        self.data.setup("fit")
+        self.model = build_model(params, load_meta()).to(self.device)
+        configured = self.model.optimizers_for(params.train.precision)
+        self.optimizer, self.scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+        self.autocast = _autocast(params.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=params.train.precision == "16-mixed")
+        self.best, self.epochs = float("inf"), 0
+
+    def epoch(self) -> float:
+        """Train and validate one epoch; its wall time. Its random numbers do not touch the caller's."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            started = _now(self.device)
+            self._train()
+            val_loss, val_acc = self._validate()
+            self.scheduler.step(val_loss)
+            if val_loss < self.best:
+                self.best = val_loss
+                torch.save(self.model.state_dict(), "plain-best.pt")
+            seconds = _now(self.device) - started
+        self.epochs += 1
+        log.info("plain epoch %d: %.2f s, val/loss %.4f, val/acc %.4f", self.epochs, seconds, val_loss, val_acc)
+        return seconds
+
+    def _train(self) -> None:
+        model, optimizer, scaler, device = self.model, self.optimizer, self.scaler, self.device
         model.train()
-        train_sums = torch.zeros(2, device=device)  # loss x samples and correct predictions, as the module keeps
-        for x, y in train_batches:
+        sums = torch.zeros(2, device=device)  # loss x samples and correct predictions, as the module keeps
+        for x, y in self.data.train_dataloader():
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
+            with self.autocast:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
-            train_sums += torch.stack((loss.detach() * len(y), (logits.argmax(dim=1) == y).sum().to(loss.dtype)))
+            sums += torch.stack((loss.detach() * len(y), (logits.argmax(dim=1) == y).sum().to(loss.dtype)))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.train.gradient_clip_val)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.params.train.gradient_clip_val)
             scaler.step(optimizer)
             scaler.update()
-        model.eval()
-        loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        with torch.inference_mode(), autocast:
-            for x, y in val_batches:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
+
+    def _validate(self) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum, correct, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        with torch.inference_mode(), self.autocast:
+            for x, y in self.data.val_dataloader():
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                logits = self.model(x)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(dim=1) == y).sum()
                 count += len(y)
-        val_loss = float(loss_sum) / count
-        scheduler.step(val_loss)
-        if val_loss < best:
-            best = val_loss
-            torch.save(model.state_dict(), "plain-best.pt")
-        times.append(_now(device) - started)
-        log.info(
-            "plain epoch %d: %.2f s, val/loss %.4f, val/acc %.4f",
-            len(times),
-            times[-1],
-            val_loss,
-            float(correct) / count,
-        )
-    return times
+        return float(loss_sum) / count, float(correct) / count
 
 
-def litpipe_fit(params: Params) -> list[float]:
-    """The fit stage's own Trainer, callbacks, loggers and monitors: the wall time of each epoch."""
+def litpipe_fit(params: Params, plain: PlainLoop) -> tuple[list[float], list[float]]:
+    """The fit stage's own Trainer, callbacks, loggers and monitors, a plain epoch run before each of its
+    epochs: the wall times of the plain epochs and of the fit's."""
     shutil.rmtree(paths.MODELS, ignore_errors=True)  # as a fresh fit finds it
     seed_everything(params.seed)
-    clock = EpochClock()
+    clock = EpochClock(plain)
     run = fit.assemble(params, load_split("val").head(params.observe.probe_size).x, callbacks=[clock])
     run.trainer.fit(build_model(params, load_meta()), datamodule=PreparedData.from_params(params))
-    return clock.epochs
+    return clock.plain_epochs, clock.epochs
 
 
 class EpochClock(Callback):
-    """Wall time from each epoch's start to the next one's (or to the end of training)."""
+    """Wall time from each epoch's start to the next one's (or to the end of training), with a plain epoch
+    run (and timed apart) between the two."""
 
-    def __init__(self) -> None:
-        self.marks: list[float] = []
+    def __init__(self, plain: PlainLoop) -> None:
+        self.plain = plain
+        self.plain_epochs: list[float] = []
+        self.epochs: list[float] = []
+        self.started: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.marks.append(_now(pl_module.device))
+        self._lap(pl_module)
+        self.plain_epochs.append(self.plain.epoch())
+        self.started = _now(pl_module.device)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.marks.append(_now(pl_module.device))
+        self._lap(pl_module)
         log.info("litpipe epochs: %s s", ", ".join(f"{t:.2f}" for t in self.epochs))
 
-    @property
-    def epochs(self) -> list[float]:
-        return [end - start for start, end in zip(self.marks, self.marks[1:])]
+    def _lap(self, pl_module) -> None:
+        if self.started is not None:
+            self.epochs.append(_now(pl_module.device) - self.started)
 
 
 def search_throughput(params: Params, workers: int, points: int, epochs: int) -> dict[str, Any]:

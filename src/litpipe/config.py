@@ -54,6 +54,7 @@ class OptimParams(Section):
 
 class TrainParams(Section):
     batch_size: PositiveInt
+    steps_per_call: Annotated[int, Field(ge=1, le=1024)]  # optimizer steps per Lightning batch (models/classifier.py)
     max_epochs: PositiveInt
     early_stopping_patience: PositiveInt
     gradient_clip_val: Annotated[float, Field(ge=0)]

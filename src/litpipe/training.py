@@ -41,6 +41,8 @@ def build_model(params: Params, meta: dict[str, Any]) -> Classifier:
         weight_decay=params.optim.weight_decay,
         plateau_factor=params.optim.plateau_factor,
         plateau_patience=params.optim.plateau_patience,
+        batch_size=params.train.batch_size,
+        gradient_clip_val=params.train.gradient_clip_val,
     )
     if params.train.compile:
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
@@ -61,7 +63,6 @@ def make_trainer(params: Params, distributed: bool = False, **overrides: Any) ->
         strategy=train.strategy if distributed else "auto",
         deterministic=True,
         max_epochs=params.train.max_epochs,
-        gradient_clip_val=params.train.gradient_clip_val or None,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -89,8 +90,10 @@ class History(Callback):
     """One row of logged metrics per completed epoch, with the learning rate; each row is also logged
     as one plain line, so batch logs show progress without a progress bar's carriage returns.
 
-    The learning rate also goes to the loggers, as `lr-<Optimizer>` (the tag of Lightning's
-    LearningRateMonitor, whose hooks would run on every step for a once-per-epoch number)."""
+    The row goes to the loggers at the optimizer step count, the step axis of the monitors (Lightning
+    would log at its batch count, and a batch may hold several steps). The learning rate is tagged
+    `lr-<Optimizer>`, as Lightning's LearningRateMonitor does (whose hooks would run on every step for
+    a once-per-epoch number)."""
 
     def __init__(self, label: str = "") -> None:
         self.label = label
@@ -111,9 +114,10 @@ class History(Callback):
             row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
             numbers = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             log.info("%sepoch %d/%d %s", self.label, row["epoch"] + 1, trainer.max_epochs, numbers)
-            tag = f"lr-{type(trainer.optimizers[0]).__name__}"
+            metrics = {k: v for k, v in row.items() if "/" in k}
+            metrics[f"lr-{type(trainer.optimizers[0]).__name__}"] = row["lr"]
             for logger in trainer.loggers:
-                logger.log_metrics({tag: row["lr"]}, step=trainer.global_step)
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     def best(self, monitor: str = "val/loss") -> dict[str, float]:
         return min(self.rows, key=lambda row: row[monitor])
@@ -168,10 +172,13 @@ class Preempted(Exception):
 
 class Preemption(Callback):
     """On SIGUSR1 (what `sbatch --signal=USR1@120` sends before the time limit) or SIGTERM (scancel,
-    preemption), save a full training checkpoint at the next batch or epoch end and stop with Preempted.
+    preemption), save a full training checkpoint at the end of the epoch in progress and stop with Preempted.
 
-    Its handlers replace Lightning's for the fit (Lightning restores them afterwards): Lightning's
-    SIGTERM handling would stop the loop, even mid-validation, without keeping the progress.
+    The end of an epoch is the last point a run can resume from as if it had not stopped: mid-epoch,
+    Lightning cannot fast-forward the epoch's batches, and a checkpoint after the last batch but before
+    validation makes the resumed run skip that epoch's validation. Its handlers replace Lightning's for
+    the fit (Lightning restores them afterwards): Lightning's SIGTERM handling would stop the loop, even
+    mid-validation, without keeping the progress.
     """
 
     def __init__(self, path: Path) -> None:
@@ -183,13 +190,7 @@ class Preemption(Callback):
         for signum in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(signum, lambda received, frame: setattr(self, "signal", signal.Signals(received).name))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        self._stop_if_signalled(trainer)
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer)
-
-    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
         if self.signal:
             trainer.save_checkpoint(self.path)
             raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {self.path}")

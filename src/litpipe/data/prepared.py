@@ -7,6 +7,8 @@
   batch from the memory-mapped split file, with pinned memory for the copy to a GPU.
 
 Both take their sample order from the same `BatchOrder`, so a run gives the same metrics either way.
+A batch holds `steps_per_call` x `batch_size` samples, which the model takes in `batch_size` pieces
+(one optimizer step each in training; see models/classifier.py).
 `train.data_path: auto` picks resident when the splits take at most half of the device's free memory.
 """
 
@@ -133,10 +135,16 @@ class PreparedData(pl.LightningDataModule):
     """The prepared splits on the device the trainer runs on, resident or through a DataLoader."""
 
     def __init__(
-        self, batch_size: int, seed: int, path: str = "auto", workers: int = 0, device: torch.device | None = None
+        self,
+        batch_size: int,
+        seed: int,
+        path: str = "auto",
+        workers: int = 0,
+        device: torch.device | None = None,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.steps_per_call = batch_size, seed, steps_per_call
         self.requested_path, self.workers = path, workers
         self.device = device or torch.device("cpu")
         self.path = ""  # "resident" or "loader", once set up
@@ -145,7 +153,13 @@ class PreparedData(pl.LightningDataModule):
     @classmethod
     def from_params(cls, params: Params, device: torch.device | None = None) -> "PreparedData":
         train = params.train
-        return cls(train.batch_size, params.seed, train.data_path, train.loader_workers, device)
+        return cls(train.batch_size, params.seed, train.data_path, train.loader_workers, device, train.steps_per_call)
+
+    def rebatched(self, params: Params) -> "PreparedData":
+        """The same loaded splits, batched as `params` says: a search trial may change the batch size."""
+        data = PreparedData.from_params(params, self.device)
+        data.splits, data.path = self.splits, self.path
+        return data
 
     def setup(self, stage: str) -> None:
         if self.splits:
@@ -170,13 +184,15 @@ class PreparedData(pl.LightningDataModule):
     def train_dataloader(self) -> Batches | DataLoader:
         # Validation and test stay whole on every rank: small, and exact without gathering.
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return self._batches("train", shuffle=True, seed=self.seed, rank=rank, world=world)
+        # DDP synchronises gradients once per forward through its wrapper, so one step per batch there.
+        samples = self.batch_size * (self.steps_per_call if world == 1 else 1)
+        return self._batches("train", samples, shuffle=True, seed=self.seed, rank=rank, world=world)
 
     def val_dataloader(self) -> Batches | DataLoader:
-        return self._batches("val", shuffle=False)
+        return self._batches("val", self.batch_size * self.steps_per_call, shuffle=False)
 
     def test_dataloader(self) -> Batches | DataLoader:
-        return self._batches("test", shuffle=False)
+        return self._batches("test", self.batch_size * self.steps_per_call, shuffle=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if self.path == "resident":
@@ -184,14 +200,16 @@ class PreparedData(pl.LightningDataModule):
         x, y = batch
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def _batches(self, name: str, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> Batches | DataLoader:
+    def _batches(
+        self, name: str, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> Batches | DataLoader:
         split = self.splits[name]
         if self.path == "resident":
-            return Batches(split, self.batch_size, shuffle, seed, rank, world)
+            return Batches(split, batch_size, shuffle, seed, rank, world)
         return DataLoader(
             SplitFile(name),
             batch_size=None,  # the sampler yields whole batches of indices
-            sampler=BatchOrder(len(split.y), self.batch_size, shuffle, seed, rank, world),
+            sampler=BatchOrder(len(split.y), batch_size, shuffle, seed, rank, world),
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.workers > 0,

@@ -65,11 +65,12 @@ class Monitors(Callback):
         self.activation_rows = list(state_dict["activation_rows"])
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        if self.gradient_norms and trainer.global_step % self.every == 0:
+        # Per optimizer step, not per batch: a training batch may hold several steps (models/classifier.py).
+        if trainer.global_step % self.every:
+            return
+        if self.gradient_norms:
             _log_finite(trainer, gradient_norms(pl_module), "gradient norms")
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if self.device_stats and trainer.global_step % self.every == 0:
+        if self.device_stats:
             _log_finite(trainer, device_stats(pl_module.device), "device statistics")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

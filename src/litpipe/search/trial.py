@@ -10,6 +10,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.observe import wandb
+from litpipe.models.classifier import MONITOR
 from litpipe.observe.monitors import monitors
 from litpipe.observe.tensorboard import add_params, end_session, open_run, start_session
 from litpipe.search import space as search_space
@@ -17,8 +18,6 @@ from litpipe.search.study import lr_suggestion, worker_identity
 from litpipe.training import History, build_model, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
-
-MONITOR = "val/loss"
 
 
 def run_name(number: int) -> str:
@@ -59,7 +58,7 @@ class TrialRunner:
             params, max_epochs=params.search.max_epochs, callbacks=callbacks, logger=[tensorboard, *extra]
         )
         try:
-            trainer.fit(build_model(params, self.meta), datamodule=self.data)
+            trainer.fit(build_model(params, self.meta), datamodule=self.data.rebatched(params))
         finally:
             # Pruned or completed, the session shows what the trial reached.
             if history.rows:

@@ -23,7 +23,7 @@ from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, read_json, write_json
-from litpipe.models.classifier import Classifier
+from litpipe.models.classifier import MONITOR, Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import ACTIVATION_COLUMNS, Monitors, monitors
 from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run, end_session, open_run, start_session
@@ -38,8 +38,6 @@ from litpipe.training import (
 )
 
 log = logging.getLogger(__name__)
-
-MONITOR = "val/loss"
 
 
 @dataclass

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> None:
     seed_everything(params.seed)
     model = build_model(params, load_meta())
-    data = PreparedData.from_params(params)
+    # One optimizer step per batch: the finder raises the learning rate and records the loss per batch.
+    data = PreparedData.from_params(params.override({"train.steps_per_call": 1}))
     trainer = make_trainer(params)
     finder = Tuner(trainer).lr_find(
         model,
