@@ -54,7 +54,7 @@ def run(
     with _scratch_directory():
         params = _with_data(params, synthetic, root)
         if search_workers:
-            return search_throughput(params, search_workers, points or 2 * search_workers, epochs)
+            return search_throughput(params, search_workers, points or 2 * search_workers, epochs, repeats)
         return training_speed(params, epochs, repeats)
 
 
@@ -68,7 +68,9 @@ def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
     runs: dict[str, list[list[float]]] = {name: [] for name in ("plain", *variants)}
     for repeat in range(repeats):
         for name, variant in variants.items():
-            log.info("%s, each epoch paired with a plain one: %d epochs (run %d of %d)", name, epochs, repeat + 1, repeats)
+            log.info(
+                "%s, each epoch paired with a plain one: %d epochs (run %d of %d)", name, epochs, repeat + 1, repeats
+            )
             plain, litpipe = litpipe_fit(variant, PlainLoop(params))
             # The first epoch of a run warms up caches and allocators.
             runs["plain"].append(plain[1:])
@@ -201,8 +203,9 @@ class EpochClock(Callback):
             self.epochs.append(_now(pl_module.device) - self.started)
 
 
-def search_throughput(params: Params, workers: int, points: int, epochs: int) -> dict[str, Any]:
-    """Trials per minute of `litpipe search` on one grid of `points` equal-cost trials, 1 worker then N."""
+def search_throughput(params: Params, workers: int, points: int, epochs: int, repeats: int = 1) -> dict[str, Any]:
+    """Trials per minute of `litpipe search` on one grid of `points` equal-cost trials, 1 worker then N,
+    `repeats` times in turn; the speedup is the median of the repeats' own speedups."""
     settings = params.model_dump()
     settings["search"].update(
         enabled=True,
@@ -214,24 +217,33 @@ def search_throughput(params: Params, workers: int, points: int, epochs: int) ->
         space={"model.dropout": [round(0.05 + 0.3 * i / max(1, points - 1), 4) for i in range(points)]},
     )
     settings["train"]["early_stopping_patience"] = epochs
-    rates = {}
-    for count in sorted({1, workers}):
-        settings["search"]["n_workers"] = count
-        Params.model_validate(settings)  # the grid as litpipe will read it
-        paths.PARAMS.write_text(yaml.safe_dump(settings, sort_keys=False))
-        (paths.SEARCH / "study.journal").unlink(missing_ok=True)  # a fresh study each time
-        log.info("litpipe search: %d trials of %d epochs with %d worker(s)", points, epochs, count)
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "litpipe.cli", "search"], capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise StageError(f"litpipe search with {count} workers failed: {done.stderr.strip().splitlines()[-1:]}")
-        rates[count] = round(points / seconds * 60, 2)
-        log.info("%d worker(s): %.1f s, %.2f trials/min", count, seconds, rates[count])
+    rates: dict[int, list[float]] = {1: [], workers: []}
+    for repeat in range(repeats):
+        for count in rates:
+            settings["search"]["n_workers"] = count
+            Params.model_validate(settings)  # the grid as litpipe will read it
+            paths.PARAMS.write_text(yaml.safe_dump(settings, sort_keys=False))
+            (paths.SEARCH / "study.journal").unlink(missing_ok=True)  # a fresh study each time
+            log.info(
+                "litpipe search: %d trials of %d epochs with %d worker(s) (run %d of %d)",
+                points,
+                epochs,
+                count,
+                repeat + 1,
+                repeats,
+            )
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "litpipe.cli", "search"], capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                raise StageError(f"litpipe search with {count} workers failed: {done.stderr.strip().splitlines()[-1:]}")
+            rates[count].append(round(points / seconds * 60, 2))
+            log.info("%d worker(s): %.1f s, %.2f trials/min", count, seconds, rates[count][-1])
     device = torch.device(device_type(params))
     return {
-        "search_trials_per_min": {str(count): rate for count, rate in rates.items()},
-        "speedup": round(rates[workers] / rates[1], 3),
+        "search_trials_per_min": {str(count): statistics.median(values) for count, values in rates.items()},
+        "speedup": round(statistics.median(n / one for n, one in zip(rates[workers], rates[1])), 3),
+        "runs_trials_per_min": {str(count): values for count, values in rates.items()},
         "workers": workers,
         "trials": points,
         "epochs_per_trial": epochs,

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", type=int, default=5, metavar="E", help="epochs per run or trial (default: %(default)s)"
     )
     bench.add_argument(
-        "--repeats", type=int, default=1, metavar="R", help="runs of each variant, in turn (default: %(default)s)"
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="R",
+        help="runs of each variant (or worker count), in turn (default: %(default)s)",
     )
     bench.add_argument("--search", type=int, metavar="N", help="search throughput with 1 and N workers instead")
     bench.add_argument("--points", type=int, metavar="P", help="grid points of the search (default: 2 N)")

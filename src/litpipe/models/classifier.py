@@ -164,7 +164,7 @@ class Classifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # Before the epoch-end callbacks, so that a checkpoint saved there (preemption) holds the stepped schedule.
-        if self.trainer.state.fn == "fit":
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:

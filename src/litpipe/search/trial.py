@@ -9,8 +9,8 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
-from litpipe.observe import wandb
 from litpipe.models.classifier import MONITOR
+from litpipe.observe import wandb
 from litpipe.observe.monitors import monitors
 from litpipe.observe.tensorboard import add_params, end_session, open_run, start_session
 from litpipe.search import space as search_space
