@@ -1,24 +1,19 @@
-# The same DAG as dvc.yaml, for clusters: each rule calls the same `litpipe <stage>` command and
-# declares the same outputs (tests/test_workflow.py checks that the two cannot drift apart).
+# The DAG of dvc.yaml, for clusters: workflow/rules/stages.smk builds one rule per stage from it
+# (src/litpipe/dag.py), search.smk fans the search out into jobs, and common.smk holds the little a
+# cluster adds (resources, submit-host stages). Add or change a stage in dvc.yaml only.
 #
 #   snakemake --cores 2            run locally
 #   snakemake --profile slurm      submit every compute rule to SLURM (profile: ./slurm)
 #
-# params.yaml is the config; litpipe validates it before anything is scheduled.
-
-configfile: "params.yaml"
+# params.yaml is litpipe's own config, validated before anything is scheduled; `--config` is refused.
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/checks.smk"
+include: "workflow/rules/stages.smk"
 include: "workflow/rules/search.smk"
-include: "workflow/rules/training.smk"
-include: "workflow/rules/analysis.smk"
 
 
 rule all:
     default_target: True
     input:
-        "reports/report.html",
-        "results/test/metrics.json",
+        [path for stage in STAGES.values() for path in stage.results],

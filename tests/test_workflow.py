@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 import time
 from contextlib import chdir
@@ -12,31 +13,20 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from litpipe import dag
 from litpipe.config import load_params
 from litpipe.search.study import open_study
 
-from .conftest import FAST, missing, ROOT, STAGES, copy_repo, edit_params, require_tool, run, tool_env
+from .conftest import FAST, ROOT, STAGES, copy_repo, edit_params, missing, require_tool, run, tool_env
 
 # Snakemake-only rules: the search's fan-out (setup, then N workers before `search` collects)
 # and the default target.
 SNAKEMAKE_ONLY = {"all", "search_setup", "search_worker"}
 
 
-def dvc_stages() -> dict[str, dict]:
-    """Stage -> command, outputs (outs and metrics), persistent outputs."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    described = {}
-    for name, stage in stages.items():
-        outputs, persistent = set(), set()
-        for entry in stage.get("outs", []) + stage.get("metrics", []):
-            path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
-            (persistent if options.get("persist") else outputs).add(path)
-        described[name] = {"cmd": stage["cmd"], "outputs": outputs, "persistent": persistent}
-    return described
-
-
 def snakemake_rules(repo: Path) -> dict[str, dict]:
-    """Rule -> shell command and outputs (output and log files), read through Snakemake's own parser."""
+    """Rule -> command, inputs, outputs (output and log files) and tracked params, read through Snakemake's
+    own parser."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import OutputSettings, ResourceSettings
 
@@ -44,31 +34,113 @@ def snakemake_rules(repo: Path) -> dict[str, dict]:
         workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=repo / "Snakefile", workdir=repo)
         rules = workflow._workflow.rules  # noqa: SLF001  (the API exposes execution, not rule listings)
         return {
-            rule.name: {"cmd": rule.shellcmd, "outputs": {str(f) for f in [*rule.output, *rule.log]}} for rule in rules
+            rule.name: {
+                "cmd": getattr(rule.params, "command", rule.shellcmd),
+                "inputs": {str(f) for f in rule.input},
+                "outputs": {str(f) for f in [*rule.output, *rule.log]},
+                "params": getattr(rule.params, "tracked", None),
+            }
+            for rule in rules
         }
 
 
-def test_dvc_yaml_and_snakefile_describe_the_same_stages():
-    dvc, snakemake = dvc_stages(), snakemake_rules(ROOT)
-    assert list(dvc) == STAGES
-    assert set(snakemake) - SNAKEMAKE_ONLY == set(dvc)
-    for name, stage in dvc.items():
-        rule = snakemake[name]
-        # The fanned-out search's closing rule runs the stage's collect part.
-        fan_out = f"{name}_worker" in snakemake
-        assert rule["cmd"] == stage["cmd"] + (" --part collect" if fan_out else ""), name
-        assert rule["outputs"] == stage["outputs"], name
+def tracked_files(path: str) -> set[str]:
+    return set(subprocess.run(["git", "ls-files", path], cwd=ROOT, capture_output=True, text=True).stdout.split())
+
+
+def test_every_stage_of_dvc_yaml_is_a_snakemake_rule_with_its_command_inputs_outputs_and_params():
+    """A safety net under the mechanism (the rules are built from dvc.yaml): checked against dvc.yaml and
+    git, not against the code that builds them."""
+    stages, rules = dag.load(ROOT / "dvc.yaml"), snakemake_rules(ROOT)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert list(stages) == STAGES
+    assert set(rules) - SNAKEMAKE_ONLY == set(stages)
+    outputs = {out for stage in stages.values() for out in stage.outs + stage.persistent}
+    for name, stage in stages.items():
+        fan_out = f"{name}_worker" in rules
+        rule, first = rules[name], rules[f"{name}_setup"] if fan_out else rules[name]
+        assert rule["cmd"] == stage.cmd + (" --part collect" if fan_out else ""), name
+        assert rule["outputs"] == set(stage.outs), name
         # Persistent outputs (the study journal, tb/search) are what a re-run resumes from:
         # Snakemake would delete a declared output before re-running, so it must not declare them.
-        assert not (rule["outputs"] & stage["persistent"]), name
+        assert not (rule["outputs"] & set(stage.persistent)), name
+        for dep in stage.deps:
+            upstream = {out for out in outputs if dep == out or dep.startswith(out + "/")}
+            assert upstream & first["inputs"] or (tracked_files(dep) and tracked_files(dep) <= first["inputs"]), dep
+        assert set(first["params"]) == set(stage.params), name
+        for dotted, value in first["params"].items():
+            node = params
+            for key in dotted.split("."):
+                node = node[key]
+            assert value == node, (name, dotted)
 
 
-def test_parity_check_notices_a_drifted_output(tmp_path):
-    """The comparison above is not vacuous: a renamed output in the Snakefile breaks it."""
+TOY_STAGE = {
+    "cmd": "mkdir -p results && cp data/toy.csv results/toy.csv",
+    "deps": ["data/toy.csv"],
+    "params": ["report.title"],
+    "outs": ["results/toy.csv"],
+}
+
+
+def test_a_stage_added_to_dvc_yaml_runs_under_both_engines(tmp_path):
+    """No other file edited: the Snakefile finds the stage, runs it, and both engines see its data change."""
+    require_tool("dvc")
+    require_tool("snakemake")
     repo = copy_repo(tmp_path)
-    rules = repo / "workflow/rules/training.smk"
-    rules.write_text(rules.read_text().replace('"results/fit/curves.png"', '"results/fit/curve.png"'))
-    assert snakemake_rules(repo)["fit"]["outputs"] != dvc_stages()["fit"]["outputs"]
+    (repo / "data/toy.csv").write_text("a,b\n1,2\n")
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    pipeline["stages"]["toy"] = TOY_STAGE
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+    assert "toy" in jobs(run(["snakemake", "--cores", "2", "--dry-run"], repo))  # part of the default target
+    run(["snakemake", "--cores", "2", "results/toy.csv"], repo)
+    assert (repo / "results/toy.csv").read_text() == "a,b\n1,2\n"
+    (repo / "results/toy.csv").unlink()
+    run(["dvc", "repro", "toy"], repo)
+    assert (repo / "results/toy.csv").read_text() == "a,b\n1,2\n"
+
+    (repo / "data/toy.csv").write_text("a,b\n3,4\n")
+    assert dvc_would_run(repo, "toy") == {"toy"}
+    assert jobs(run(["snakemake", "--cores", "2", "--dry-run", "results/toy.csv"], repo)) == {"toy"}
+
+
+def jobs(result: subprocess.CompletedProcess) -> set[str]:
+    """The stages a Snakemake dry run would run: its rules, the search's fan-out as the search."""
+    rules = set(re.findall(r"^(?:local)?rule (\w+):$", result.stdout + result.stderr, re.MULTILINE))
+    return {re.sub(r"_(setup|worker)$", "", rule) for rule in rules} - {"all"}
+
+
+def dvc_would_run(repo: Path, *targets: str) -> set[str]:
+    """The stages `dvc repro` would run: each changed stage and everything downstream of it (a changed
+    stage's outputs change, unless the change made no difference to them)."""
+    result = run(["dvc", "repro", "--dry", "--force-downstream", *targets], repo)
+    return set(re.findall(r"^Running stage '(\w+)'", result.stdout, re.MULTILINE))
+
+
+EDITS = {
+    "a tracked param": ("params.yaml", "  lr: 0.002", "  lr: 0.003"),
+    "a model source file": ("src/litpipe/models/networks.py", '"""', '"""Edited. '),
+    "the test stage": ("src/litpipe/stages/test.py", '"""', '"""Edited. '),
+    "the report notebook": ("workflow/notebooks/report.ipynb", '"cells": [', '"cells":  ['),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("edit", EDITS, ids=list(EDITS))
+def test_an_edit_reruns_the_same_stages_under_both_engines(edit, pipeline, local_run, tmp_path):
+    """On copies of a finished `dvc repro` and a finished `snakemake` run, the same edit: the same stages
+    would run again."""
+    path, old, new = EDITS[edit]
+    would_run = {}
+    for engine, finished in (("dvc", pipeline[0]), ("snakemake", local_run)):
+        repo = tmp_path / engine
+        shutil.copytree(finished, repo, symlinks=True)  # copy2 keeps the times Snakemake compares
+        text = (repo / path).read_text()
+        assert old in text, (path, old)
+        (repo / path).write_text(text.replace(old, new, 1))
+        would_run[engine] = dvc_would_run(repo) if engine == "dvc" else jobs(run(["snakemake", "-n"], repo))
+    assert would_run["dvc"] == would_run["snakemake"] != set()
 
 
 def test_snakemake_lint_is_clean():
@@ -84,6 +156,14 @@ def test_invalid_params_stop_snakemake_before_scheduling(tmp_path):
     result = run(["snakemake", "--cores", "1", "--dry-run"], repo, check=False)
     assert result.returncode != 0
     assert "optim.lr: input should be greater than 0" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("option", [["--config", "seed=3"], ["--configfile", "params.yaml"]])
+def test_snakemake_config_is_refused_not_ignored(option):
+    require_tool("snakemake")
+    result = run(["snakemake", "--cores", "1", "--dry-run", *option], ROOT, check=False)
+    assert result.returncode != 0
+    assert "snakemake --config is not read; set values in params.yaml" in result.stdout + result.stderr
 
 
 # --- SLURM ---------------------------------------------------------------------------------------
@@ -131,7 +211,7 @@ def search_results(repo: Path) -> list[tuple]:
 
 @pytest.mark.integration
 def test_snakemake_runs_the_pipeline_locally_with_two_search_workers(local_run):
-    for stage, outputs in ((s, d["outputs"]) for s, d in dvc_stages().items()):
+    for stage, outputs in ((name, stage.outs) for name, stage in dag.load(ROOT / "dvc.yaml").items()):
         for output in outputs:
             assert (local_run / output).exists(), (stage, output)
     assert len(search_results(local_run)) == 2  # FAST's two-point grid, each point once across two worker jobs

@@ -1,6 +1,8 @@
-# Shared by the rules: params validation, cluster placement, per-rule resources.
+# What a cluster adds to the DAG of dvc.yaml, in one place: params validation, where jobs go, the
+# resources of each stage, which stages run on the submit host.
 import os
 
+from litpipe import dag
 from litpipe.config import load_params
 from litpipe.errors import ConfigError
 
@@ -9,6 +11,13 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"litpipe: {error}")
 
+if config:  # nothing reads Snakemake's config: a value given there would silently not count
+    raise WorkflowError(
+        "litpipe: snakemake --config is not read; set values in params.yaml (or run `dvc exp run -S key=value`)"
+    )
+
+STAGES = dag.load()
+TRACKED = PARAMS.model_dump()  # the values behind each stage's tracked keys: a changed one re-runs the stage
 SEARCH_WORKERS = range(PARAMS.search.n_workers)
 
 # Every rule runs the litpipe CLI from the environment Snakemake was started in (SLURM jobs
@@ -37,12 +46,25 @@ RESOURCES = {
     "worker": dict(runtime=60, mem_mb=4000, cpus_per_task=1, gpu=GPUS),
     "report": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
 }
+# The kind of resources each rule gets; a stage not named here (a new one) gets "light".
+KIND = {"sanity": "train", "lr_find": "train", "fit": "train", "search_worker": "worker", "report": "report"}
+# Data preparation and the search's setup run on the submit host: compute nodes often have no
+# internet for downloads, and the setup only writes the study.
+LOCAL = {"prepare", "search_setup"}
+# SIGUSR1 two minutes before the time limit: fit saves models/resume.ckpt and stops at the end of the
+# epoch; a re-run (or --retries) resumes from it.
+SLURM_EXTRA = {"fit": "--signal=USR1@120"}
 
 
-def resources(kind):
-    return {**RESOURCES[kind], **PLACEMENT}
+def resources(rule_name):
+    extra = {"slurm_extra": SLURM_EXTRA[rule_name]} if rule_name in SLURM_EXTRA else {}
+    return {**RESOURCES[KIND.get(rule_name, "light")], **PLACEMENT, **extra}
 
 
-def cores(kind):
+def cores(rule_name):
     """The rule's `threads`: Snakemake sets OMP_NUM_THREADS to it, and litpipe runs that many threads."""
-    return RESOURCES[kind]["cpus_per_task"]
+    return RESOURCES[KIND.get(rule_name, "light")]["cpus_per_task"]
+
+
+def outputs(paths):
+    return [directory(path) if dag.is_directory(path) else path for path in paths]

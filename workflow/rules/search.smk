@@ -1,26 +1,24 @@
-# The search fans out: setup creates or resumes the study, N worker jobs share it through the
-# journal file (or database) on the shared filesystem, and `search` collects the results.
-# The journal and tb/search are not declared outputs: Snakemake would delete them before a
-# re-run, and they are what a re-run resumes from (dvc.yaml keeps them with `persist: true`).
-localrules:
-    search_setup,
+# The search stage of dvc.yaml, fanned out: setup creates or resumes the study, N worker jobs share
+# it through the journal file (or database) on the shared filesystem, and `search` collects the
+# results. Its persistent outputs (the journal, tb/search) are not declared: Snakemake would delete
+# them before a re-run, and they are what a re-run resumes from (dvc.yaml keeps them with `persist: true`).
+SEARCH = STAGES["search"]
 
 
 rule search_setup:
     input:
-        "data/prepared",
-        "results/sanity",
-        "results/lr_find",
+        dag.inputs(SEARCH, STAGES),
     output:
         touch("results/search/jobs/setup.done"),
     log:
         "logs/search-setup.log",
     params:
-        settings=PARAMS.model_dump(include={"seed", "model", "optim", "train", "search"}),
+        tracked=dag.param_values(SEARCH, TRACKED),
+    localrule: True
     conda:
         ENVIRONMENT
     shell:
-        "litpipe search --part setup"
+        f"{SEARCH.cmd} --part setup"
 
 
 rule search_worker:
@@ -30,32 +28,26 @@ rule search_worker:
         touch("results/search/jobs/worker{index}.done"),
     log:
         "logs/search-worker{index}.log",
-    threads: cores("worker")
+    threads: cores("search_worker")
     resources:
-        **resources("worker"),
+        **resources("search_worker"),
     conda:
         ENVIRONMENT
     shell:
-        "litpipe search --part worker --worker {wildcards.index}"
+        f"{SEARCH.cmd} --part worker --worker {{wildcards.index}}"
 
 
 rule search:
     input:
         expand("results/search/jobs/worker{index}.done", index=SEARCH_WORKERS),
     output:
-        "results/search/trials.csv",
-        "results/search/best.json",
-        "results/search/history.png",
-        "results/search/importances.png",
-        "results/search/parallel_coordinates.png",
-        "results/search/slice.png",
-        "results/timing/search.json",
+        outputs(SEARCH.results),
     log:
-        "logs/search.log",
-    threads: cores("light")
+        SEARCH.logs,
+    threads: cores("search")
     resources:
-        **resources("light"),
+        **resources("search"),
     conda:
         ENVIRONMENT
     shell:
-        "litpipe search --part collect"
+        f"{SEARCH.cmd} --part collect"

@@ -1,0 +1,28 @@
+# One rule per stage of dvc.yaml (except the search, fanned out in search.smk): the same command,
+# inputs (source files included), outputs and tracked params, read from there at parse time.
+
+for stage in STAGES.values():
+    if stage.name == "search":
+        continue
+
+    rule:
+        name:
+            stage.name
+        input:
+            dag.inputs(stage, STAGES),
+        output:
+            outputs(stage.results),
+        log:
+            stage.logs,
+        params:
+            tracked=dag.param_values(stage, TRACKED),
+            # The shell line is formatted when the job runs, after this loop ended: values go through params.
+            command=stage.cmd,
+        threads: cores(stage.name)
+        resources:
+            **resources(stage.name),
+        localrule: stage.name in LOCAL
+        conda:
+            ENVIRONMENT
+        shell:
+            "{params.command}"
