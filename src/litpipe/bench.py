@@ -102,7 +102,7 @@ def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
         "precision": params.train.precision,
         "compile": params.train.compile,
         **_environment(data.device),
-        "epoch_s": {name: [[round(t, 4) for t in run] for run in values] for name, values in runs.items()},
+        "epoch_s": {name: [[round(t, 6) for t in run] for run in values] for name, values in runs.items()},
     }
 
 
@@ -223,7 +223,7 @@ def search_throughput(params: Params, workers: int, points: int, epochs: int, re
             settings["search"]["n_workers"] = count
             Params.model_validate(settings)  # the grid as litpipe will read it
             paths.PARAMS.write_text(yaml.safe_dump(settings, sort_keys=False))
-            (paths.SEARCH / "study.journal").unlink(missing_ok=True)  # a fresh study each time
+            paths.STUDY_JOURNAL.unlink(missing_ok=True)  # a fresh study each time
             log.info(
                 "litpipe search: %d trials of %d epochs with %d worker(s) (run %d of %d)",
                 points,

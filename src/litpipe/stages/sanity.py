@@ -3,8 +3,9 @@
 1. Overfit one fixed training batch: the loss on it must fall below sanity.overfit_max_loss,
    otherwise the pipeline stops here with a clear message.
 2. fast_dev_run: one batch through the train, validation and test loops.
-3. PyTorchProfiler over sanity.profile_batches training and validation batches, with a schedule
-   that fits that shortened epoch and an explicit output directory: an op table and traces.
+3. PyTorchProfiler over sanity.profile_batches training and validation batches (of one optimizer
+   step each), with a schedule that fits that shortened epoch and an explicit output directory: an
+   op table and traces.
 """
 
 import logging
@@ -25,8 +26,6 @@ from litpipe.observe.tensorboard import add_code, add_figure, open_run
 from litpipe.training import History, build_model, make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
-
-PROFILE_DIR = paths.SANITY / "profile"
 
 
 def run(params: Params) -> None:
@@ -50,7 +49,7 @@ def run(params: Params) -> None:
         history.to_csv(tmp, index=False)
     figure = overfit_figure(history, params.sanity.overfit_max_loss)
     add_figure(tensorboard, "sanity/overfit", figure)
-    plots.save(figure, paths.SANITY / "overfit.png")
+    plots.save(figure, paths.OVERFIT_PLOT)
     summary = {
         "overfit": {
             "batch_size": params.train.batch_size,
@@ -60,11 +59,11 @@ def run(params: Params) -> None:
             "passed": True,
         },
         "fast_dev_run": dev_run,
-        "profile": {"batches": params.sanity.profile_batches, "directory": str(PROFILE_DIR)},
+        "profile": {"batches": params.sanity.profile_batches, "directory": str(paths.PROFILE_DIR)},
     }
     add_code(tensorboard, "sanity/summary", pd.json_normalize(summary).T.to_string(header=False))
     add_code(tensorboard, "profile/top_operations", operations)
-    write_json(paths.SANITY / "summary.json", summary)
+    write_json(paths.SANITY_SUMMARY, summary)
 
 
 def overfit_one_batch(params: Params, meta: dict, tensorboard) -> pd.DataFrame:
@@ -92,10 +91,10 @@ def fast_dev_run(params: Params, meta: dict) -> dict[str, float]:
 def profile(params: Params, meta: dict) -> str:
     """Profile a shortened epoch; returns the op table. Writes fit-profile.txt and one trace per loop."""
     batches = params.sanity.profile_batches
-    shutil.rmtree(PROFILE_DIR, ignore_errors=True)
+    shutil.rmtree(paths.PROFILE_DIR, ignore_errors=True)
     seed_everything(params.seed)
     profiler = PyTorchProfiler(
-        dirpath=PROFILE_DIR,
+        dirpath=paths.PROFILE_DIR,
         filename="profile",
         # Lightning's default schedule needs 5 steps and is silently replaced below that; this one
         # warms up on the first batch and records the rest, so any profile_batches >= 2 fits.
@@ -108,13 +107,16 @@ def profile(params: Params, meta: dict) -> str:
     trainer = make_trainer(
         params, max_epochs=1, limit_train_batches=batches, limit_val_batches=batches, profiler=profiler
     )
-    trainer.fit(build_model(params, meta), datamodule=PreparedData.from_params(params))
+    # One optimizer step per batch: the profile shows a step's operations, and a small split still has
+    # profile_batches training batches (the schedule exports no training trace for fewer).
+    one_step = PreparedData.from_params(params.override({"train.steps_per_call": 1}))
+    trainer.fit(build_model(params, meta), datamodule=one_step)
     # torch names traces <worker>.<milliseconds>.pt.trace.json; keep the loop, drop the timestamp.
-    for trace in PROFILE_DIR.glob("*.pt.trace.json"):
+    for trace in paths.PROFILE_DIR.glob("*.pt.trace.json"):
         loop = re.search(r"(\w+_step)\.\d+\.pt\.trace\.json$", trace.name)
         if loop:
-            trace.rename(PROFILE_DIR / f"{loop.group(1)}.pt.trace.json")
-    return (PROFILE_DIR / "fit-profile.txt").read_text()
+            trace.rename(paths.PROFILE_DIR / f"{loop.group(1)}.pt.trace.json")
+    return paths.PROFILE_TABLE.read_text()
 
 
 def overfit_figure(history: pd.DataFrame, max_loss: float):
