@@ -212,13 +212,13 @@ def test_activations_and_wall_times_are_recorded_for_analysis_and_report(pipelin
 
 def test_profiler_on_three_batches_writes_a_training_trace_and_an_op_table(digits):
     operations = sanity.profile(digits.override({"sanity.profile_batches": 3}), json.loads(paths.META.read_text()))
-    traces = sorted(p.name for p in sanity.PROFILE_DIR.iterdir() if p.name.endswith(".pt.trace.json"))
+    traces = sorted(p.name for p in paths.PROFILE_DIR.iterdir() if p.name.endswith(".pt.trace.json"))
     assert traces == ["training_step.pt.trace.json", "validation_step.pt.trace.json"]
-    events = json.loads((sanity.PROFILE_DIR / "training_step.pt.trace.json").read_text())["traceEvents"]
+    events = json.loads((paths.PROFILE_DIR / "training_step.pt.trace.json").read_text())["traceEvents"]
     names = {event.get("name", "") for event in events}
     assert any("training_step" in name for name in names)
     assert any(name.startswith("Optimizer.step") for name in names)
-    assert (sanity.PROFILE_DIR / "fit-profile.txt").read_text() == operations
+    assert (paths.PROFILE_DIR / "fit-profile.txt").read_text() == operations
     assert "CPU total" in operations and "aten::addmm" in operations and "Optimizer.step" in operations
 
 

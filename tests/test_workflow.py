@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from litpipe import dag
+from litpipe import dag, paths
 from litpipe.config import load_params
 from litpipe.search.study import open_study
 
@@ -73,6 +73,26 @@ def test_every_stage_of_dvc_yaml_is_a_snakemake_rule_with_its_command_inputs_out
             for key in dotted.split("."):
                 node = node[key]
             assert value == node, (name, dotted)
+
+
+def test_the_files_handed_between_stages_are_outputs_and_the_reports_inputs_are_its_deps():
+    """paths.py names each file once; dvc.yaml must declare it (an output, or inside one), and the report
+    stage must depend on everything the notebook reads, or DVC would not re-run the report when it changes."""
+    stages = dag.load(ROOT / "dvc.yaml")
+    outputs = [out for stage in stages.values() for out in stage.outs + stage.persistent]
+
+    def within(path: str, candidates) -> bool:
+        return any(path == c or path.startswith(c.rstrip("/") + "/") for c in candidates)
+
+    # The report reads every stage's timing file from one directory: each file is checked below.
+    read = {name: path for name, path in paths.report_inputs().items() if name != "timing"}
+    handed_on = [paths.SANITY_SUMMARY, paths.LR_FIND_RESULT, paths.SEARCH_BEST, paths.FIT_ACTIVATIONS]
+    for path in [str(p) for p in handed_on] + list(read.values()):
+        assert within(path, outputs), path
+    for name, path in read.items():
+        assert within(path, stages["report"].deps), name
+    timings = {paths.timing_file(stage).as_posix() for stage in stages if stage != "report"}
+    assert timings <= set(outputs) and timings <= set(stages["report"].deps)
 
 
 TOY_STAGE = {

@@ -50,7 +50,9 @@ def _stage(name: str, spec: dict) -> Stage:
     for entry in spec.get("outs", []) + spec.get("metrics", []):
         path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
         (persistent if options.get("persist") else outs).append(path)
-    return Stage(name, spec["cmd"], tuple(spec.get("deps", [])), tuple(outs), tuple(persistent), tuple(spec.get("params", [])))
+    return Stage(
+        name, spec["cmd"], tuple(spec.get("deps", [])), tuple(outs), tuple(persistent), tuple(spec.get("params", []))
+    )
 
 
 def is_directory(path: str) -> bool:

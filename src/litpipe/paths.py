@@ -1,7 +1,7 @@
 """Every path the pipeline reads or writes, relative to the repository root.
 
-dvc.yaml (and later the Snakefile) repeat these strings because orchestrators need them
-literally; tests check that the two stay in agreement.
+dvc.yaml repeats these strings because the orchestrators need them literally (the Snakefile reads
+them from there); a test checks that every file named here is an output dvc.yaml declares.
 """
 
 from pathlib import Path
@@ -42,6 +42,31 @@ REPORT_NOTEBOOK = Path("workflow/notebooks/report.ipynb")
 REPORT_HTML = Path("reports/report.html")
 
 
+# Files one stage writes and a later one (or the report) reads.
+SANITY_SUMMARY = SANITY / "summary.json"
+OVERFIT_PLOT = SANITY / "overfit.png"
+PROFILE_DIR = SANITY / "profile"
+PROFILE_TABLE = PROFILE_DIR / "fit-profile.txt"
+LR_FIND_RESULT = LR_FIND / "lr_find.json"
+LR_FIND_PLOT = LR_FIND / "lr_find.png"
+STUDY_JOURNAL = SEARCH / "study.journal"
+SEARCH_TRIALS = SEARCH / "trials.csv"
+SEARCH_BEST = SEARCH / "best.json"
+SEARCH_PLOTS = {name: SEARCH / f"{name}.png" for name in ("history", "importances", "parallel_coordinates", "slice")}
+FIT_HISTORY = FIT / "history.csv"
+FIT_ACTIVATIONS = FIT / "activations.csv"
+FIT_CURVES = FIT / "curves.png"
+FIT_SUMMARY = FIT / "summary.json"
+FIT_METRICS = FIT / "metrics.json"
+TEST_METRICS = TEST / "metrics.json"
+ANALYSIS_SUMMARY = ANALYSIS / "summary.json"
+PER_CLASS_TABLE = ANALYSIS / "per_class.csv"
+ANALYSIS_PLOTS = {
+    name: ANALYSIS / f"{name}.png"
+    for name in ("confusion", "mistakes", "reliability", "per_class", "activations_pca", "activations_evolution")
+}
+
+
 def tb_dir(stage: str) -> Path:
     return TB / stage
 
@@ -52,3 +77,29 @@ def log_file(stage: str) -> Path:
 
 def timing_file(stage: str) -> Path:
     return TIMING / f"{stage}.json"
+
+
+def report_inputs() -> dict[str, str]:
+    """What the report notebook reads, by name: its papermill parameter `paths`."""
+    named = {
+        "meta": META,
+        "train_split": split_file("train"),
+        "sanity_summary": SANITY_SUMMARY,
+        "overfit_plot": OVERFIT_PLOT,
+        "profile_table": PROFILE_TABLE,
+        "lr_find_result": LR_FIND_RESULT,
+        "lr_find_plot": LR_FIND_PLOT,
+        "search_trials": SEARCH_TRIALS,
+        "search_best": SEARCH_BEST,
+        **{f"search_{name}_plot": path for name, path in SEARCH_PLOTS.items()},
+        "fit_history": FIT_HISTORY,
+        "fit_curves": FIT_CURVES,
+        "fit_summary": FIT_SUMMARY,
+        "fit_tensorboard": tb_dir("fit"),
+        "test_metrics": TEST_METRICS,
+        "analysis_summary": ANALYSIS_SUMMARY,
+        "per_class_table": PER_CLASS_TABLE,
+        **{f"{name}_plot": path for name, path in ANALYSIS_PLOTS.items()},
+        "timing": TIMING,
+    }
+    return {name: str(path) for name, path in named.items()}

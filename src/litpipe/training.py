@@ -4,17 +4,23 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, WeightAveraging
+from lightning.pytorch.callbacks import Callback, EarlyStopping, WeightAveraging
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from litpipe.config import Params
 from litpipe.errors import StageError
-from litpipe.models.classifier import Classifier
+from litpipe.models.classifier import MONITOR, Classifier
+from litpipe.observe import wandb
+from litpipe.observe.monitors import Monitors, monitors
+from litpipe.observe.tensorboard import end_session, open_run, start_session
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +125,7 @@ class History(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
-    def best(self, monitor: str = "val/loss") -> dict[str, float]:
+    def best(self, monitor: str = MONITOR) -> dict[str, float]:
         return min(self.rows, key=lambda row: row[monitor])
 
     def state_dict(self) -> dict:  # kept in checkpoints, so a resumed fit keeps its earlier epochs
@@ -194,3 +200,56 @@ class Preemption(Callback):
         if self.signal:
             trainer.save_checkpoint(self.path)
             raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {self.path}")
+
+
+@dataclass
+class TrainingRun:
+    """A fit's or a search trial's Trainer, with the records a stage writes out of it."""
+
+    trainer: pl.Trainer
+    tensorboard: TensorBoardLogger  # its run is an HPARAMS session
+    extra_loggers: list[Logger]
+    history: History
+    early_stopping: EarlyStopping
+    monitors: list[Monitors]
+
+    def end_session(self, test_acc: float | None = None) -> dict[str, float]:
+        """Close the HPARAMS session with what the run reached (the fit adds its checkpoint's test
+        accuracy) and the other loggers; the best epoch's row. Pruned or completed, the session shows it."""
+        best = self.history.best(MONITOR) if self.history.rows else {}
+        if best:
+            session = {"hp/best_val_loss": best[MONITOR], "hp/best_val_acc": best["val/acc"]}
+            if test_acc is not None:
+                session["hp/test_acc"] = test_acc
+            end_session(self.tensorboard, session, self.trainer.global_step)
+        wandb.finish(self.extra_loggers)
+        return best
+
+
+def assemble(
+    params: Params,
+    run: str,
+    probe: torch.Tensor,
+    max_epochs: int,
+    callbacks: Sequence[Callback] = (),
+    label: str = "",
+    distributed: bool = False,
+    **trainer_options: Any,
+) -> TrainingRun:
+    """The Trainer that the fit and every search trial train with: TensorBoard run tb/<run> (an HPARAMS
+    session) and W&B when on, epoch history, early stopping on MONITOR, the monitors of params.observe,
+    then the stage's own `callbacks` in their order."""
+    tensorboard, extra = open_run(run), wandb.wandb_loggers(params, run)
+    start_session(tensorboard, params, max_epochs)
+    history = History(label)
+    early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
+    observers = monitors(params, probe)
+    trainer = make_trainer(
+        params,
+        distributed=distributed,
+        max_epochs=max_epochs,
+        callbacks=[history, early_stopping, *observers, *callbacks],
+        logger=[tensorboard, *extra],
+        **trainer_options,
+    )
+    return TrainingRun(trainer, tensorboard, extra, history, early_stopping, observers)

@@ -26,9 +26,9 @@ PLOTS = {
 def write_disabled(journal: Path) -> None:
     """Every declared output exists, saying that no search ran (fit then uses params.yaml as it is)."""
     message = "search.enabled is false: no search was run; fit used the values in params.yaml"
-    with atomic_path(paths.SEARCH / "trials.csv") as tmp:
+    with atomic_path(paths.SEARCH_TRIALS) as tmp:
         tmp.write_text("number,value,state\n")
-    write_json(paths.SEARCH / "best.json", {"enabled": False, "params": {}})
+    write_json(paths.SEARCH_BEST, {"enabled": False, "params": {}})
     for name in PLOTS:
         write_placeholder(name, message)
     journal.touch()  # an empty journal is an empty study; an earlier one is kept for when search returns
@@ -38,7 +38,7 @@ def write_disabled(journal: Path) -> None:
 
 def write(study: optuna.Study) -> dict[str, Any]:
     table = study.trials_dataframe()
-    with atomic_path(paths.SEARCH / "trials.csv") as tmp:
+    with atomic_path(paths.SEARCH_TRIALS) as tmp:
         table.to_csv(tmp, index=False)
     trial = study.best_trial
     best = {
@@ -53,7 +53,7 @@ def write(study: optuna.Study) -> dict[str, Any]:
         "best_epoch": trial.user_attrs["best_epoch"],
         "states": {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState},
     }
-    write_json(paths.SEARCH / "best.json", best)
+    write_json(paths.SEARCH_BEST, best)
     write_plots(study)
     summary = table.drop(columns=[c for c in table.columns if c.startswith(("datetime", "system_attrs"))])
     add_code(open_run("search/summary"), "search/summary", f"best: {best}\n\n{summary.to_string(index=False)}")
@@ -71,10 +71,10 @@ def write_plots(study: optuna.Study) -> None:
             continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
         figure.set_size_inches(8, 5)
-        plots.save(figure, paths.SEARCH / f"{name}.png")
+        plots.save(figure, paths.SEARCH_PLOTS[name])
 
 
 def write_placeholder(name: str, message: str) -> None:
     figure = plots.figure(6, 1)
     figure.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    plots.save(figure, paths.SEARCH / f"{name}.png")
+    plots.save(figure, paths.SEARCH_PLOTS[name])

@@ -34,14 +34,14 @@ from litpipe.search import space as search_space
 
 log = logging.getLogger(__name__)
 
-JOURNAL = paths.SEARCH / "study.journal"
+JOURNAL = paths.STUDY_JOURNAL
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def lr_suggestion(params: Params) -> float | None:
     if not search_space.uses_lr_find(params.search.dimensions()):
         return None
-    return read_json(paths.LR_FIND / "lr_find.json")["suggestion"]
+    return read_json(paths.LR_FIND_RESULT)["suggestion"]
 
 
 def study_name(params: Params) -> str:

@@ -4,18 +4,16 @@ import logging
 from typing import Any
 
 import optuna
-from lightning.pytorch.callbacks import Callback, EarlyStopping
 from optuna_integration import PyTorchLightningPruningCallback
 
+from litpipe import training
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.models.classifier import MONITOR
-from litpipe.observe import wandb
-from litpipe.observe.monitors import monitors
-from litpipe.observe.tensorboard import add_params, end_session, open_run, start_session
+from litpipe.observe.tensorboard import add_params
 from litpipe.search import space as search_space
 from litpipe.search.study import lr_suggestion, worker_identity
-from litpipe.training import History, build_model, make_trainer, seed_everything
+from litpipe.training import build_model, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +39,21 @@ class TrialRunner:
         trial.set_user_attr("params", chosen)  # resolved values: the learning rate, not its multiple
         trial.set_user_attr("worker", worker_identity())
         params = self.params.override(chosen)
-        run = run_name(trial.number)
-        tensorboard, extra = open_run(run), wandb.wandb_loggers(params, run)
-        start_session(tensorboard, params, params.search.max_epochs)
-        add_params(tensorboard, params)
         seed_everything(params.seed)
-        history = History(label=f"trial {trial.number} ")
-        callbacks: list[Callback] = [
-            history,
-            EarlyStopping(MONITOR, patience=params.train.early_stopping_patience),
-            *monitors(params, self.probe),
-        ]
-        if params.search.pruner != "none":
-            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=MONITOR))
-        trainer = make_trainer(
-            params, max_epochs=params.search.max_epochs, callbacks=callbacks, logger=[tensorboard, *extra]
+        pruning = [PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if params.search.pruner != "none" else []
+        run = training.assemble(
+            params,
+            run_name(trial.number),
+            self.probe,
+            params.search.max_epochs,
+            pruning,
+            label=f"trial {trial.number} ",
         )
+        add_params(run.tensorboard, params)
         try:
-            trainer.fit(build_model(params, self.meta), datamodule=self.data.rebatched(params))
+            run.trainer.fit(build_model(params, self.meta), datamodule=self.data.rebatched(params))
         finally:
-            # Pruned or completed, the session shows what the trial reached.
-            if history.rows:
-                best = history.best(MONITOR)
-                metrics = {"hp/best_val_loss": best[MONITOR], "hp/best_val_acc": best["val/acc"]}
-                end_session(tensorboard, metrics, trainer.global_step)
-            wandb.finish(extra)
-        best = history.best(MONITOR)
+            best = run.end_session()
         trial.set_user_attr("best_epoch", int(best["epoch"]))
         trial.set_user_attr("val_acc", best["val/acc"])
         log.info(

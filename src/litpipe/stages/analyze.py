@@ -30,7 +30,7 @@ def run(params: Params) -> None:
     )
     write_csv(confusion, paths.ANALYSIS / "confusion.csv", index=True)
     per_class = per_class_table(residuals, confusion, meta["class_names"])
-    write_csv(per_class, paths.ANALYSIS / "per_class.csv")
+    write_csv(per_class, paths.PER_CLASS_TABLE)
     plot_confusion(confusion, meta["class_names"])
     plot_mistakes(residuals, test, meta, params.report.mistakes_shown)
     plot_per_class(per_class)
@@ -39,9 +39,9 @@ def run(params: Params) -> None:
 
     pca = {name: project(values) for name, values in activations.items()}
     plot_pca(pca, test.y.numpy())
-    plot_activation_evolution(pd.read_csv(paths.FIT / "activations.csv"))
+    plot_activation_evolution(pd.read_csv(paths.FIT_ACTIVATIONS))
     write_json(
-        paths.ANALYSIS / "summary.json",
+        paths.ANALYSIS_SUMMARY,
         {
             "accuracy": float(residuals["correct"].mean()),
             "mistakes": int((~residuals["correct"]).sum()),
@@ -122,7 +122,7 @@ def plot_reliability(table: pd.DataFrame) -> None:
         ylim=(0, 1.02),
     )
     ax.legend(loc="lower right")
-    plots.save(fig, paths.ANALYSIS / "reliability.png")
+    plots.save(fig, paths.ANALYSIS_PLOTS["reliability"])
 
 
 def plot_per_class(per_class: pd.DataFrame) -> None:
@@ -141,7 +141,7 @@ def plot_per_class(per_class: pd.DataFrame) -> None:
     loss_ax.bar(positions, per_class["mean_loss"], color="tab:red")
     loss_ax.set(xticks=positions, title="Per-class mean residual (cross-entropy)")
     loss_ax.set_xticklabels(per_class["class"], rotation=90)
-    plots.save(fig, paths.ANALYSIS / "per_class.png")
+    plots.save(fig, paths.ANALYSIS_PLOTS["per_class"])
 
 
 def project(values: torch.Tensor) -> tuple[np.ndarray, list[float]]:
@@ -170,7 +170,7 @@ def plot_confusion(confusion: pd.DataFrame, class_names: list[str]) -> None:
     ax.set_xticklabels(class_names, rotation=90)
     ax.set_yticklabels(class_names)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    plots.save(fig, paths.ANALYSIS / "confusion.png")
+    plots.save(fig, paths.ANALYSIS_PLOTS["confusion"])
 
 
 def plot_mistakes(residuals: pd.DataFrame, test: Split, meta: dict, shown: int) -> None:
@@ -186,7 +186,7 @@ def plot_mistakes(residuals: pd.DataFrame, test: Split, meta: dict, shown: int) 
         ax.set_title(f"{names[row['actual']]}->{names[row['predicted']]} {row['confidence']:.2f}", fontsize=7)
     for ax in fig.axes:
         ax.axis("off")
-    plots.save(fig, paths.ANALYSIS / "mistakes.png")
+    plots.save(fig, paths.ANALYSIS_PLOTS["mistakes"])
 
 
 def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray) -> None:
@@ -195,7 +195,7 @@ def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray)
         scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6)
         ax.set(title=f"{name}: PCA ({sum(ratio):.0%} of variance)", xlabel="PC1", ylabel="PC2")
     fig.colorbar(scatter, ax=fig.axes, label="class")
-    plots.save(fig, paths.ANALYSIS / "activations_pca.png")
+    plots.save(fig, paths.ANALYSIS_PLOTS["activations_pca"])
 
 
 def plot_activation_evolution(table: pd.DataFrame) -> None:
@@ -204,7 +204,7 @@ def plot_activation_evolution(table: pd.DataFrame) -> None:
     if not layers:
         fig = plots.figure(6, 1)
         fig.text(0.5, 0.5, "Activations were not tracked (observe.activations: false)", ha="center", va="center")
-        plots.save(fig, paths.ANALYSIS / "activations_evolution.png")
+        plots.save(fig, paths.ANALYSIS_PLOTS["activations_evolution"])
         return
     fig = plots.figure(4.5 * len(layers), 4)
     for ax, layer in zip(np.atleast_1d(fig.subplots(1, len(layers))), layers):
@@ -221,4 +221,4 @@ def plot_activation_evolution(table: pd.DataFrame) -> None:
         dead.set_ylabel("fraction of dead units", color="tab:red")
         ax.legend(loc="upper left", fontsize=7)
     fig.suptitle("Hidden activations on a fixed validation probe, per epoch")
-    plots.save(fig, paths.ANALYSIS / "activations_evolution.png")
+    plots.save(fig, paths.ANALYSIS_PLOTS["activations_evolution"])

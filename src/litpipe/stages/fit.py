@@ -10,28 +10,24 @@ with the same columns as the search trials, plus the test accuracy of the saved 
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import lightning.pytorch as pl
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from litpipe import paths, plots
+from litpipe import paths, plots, training
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, read_json, write_json
 from litpipe.models.classifier import MONITOR, Classifier
-from litpipe.observe import wandb
-from litpipe.observe.monitors import ACTIVATION_COLUMNS, Monitors, monitors
-from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run, end_session, open_run, start_session
+from litpipe.observe.monitors import ACTIVATION_COLUMNS
+from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run
 from litpipe.training import (
-    History,
     Preempted,
     Preemption,
     StochasticWeightAveraging,
+    TrainingRun,
     build_model,
     make_trainer,
     seed_everything,
@@ -40,25 +36,9 @@ from litpipe.training import (
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FitRun:
-    """The fit's Trainer, and the parts of it whose records the stage writes out."""
-
-    trainer: pl.Trainer
-    tensorboard: TensorBoardLogger
-    extra_loggers: list[Logger]
-    history: History
-    early_stopping: EarlyStopping
-    monitors: list[Monitors]
-    swa_start: int
-
-
-def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] = ()) -> FitRun:
-    """The Trainer with every callback and logger of the fit (`litpipe bench` times exactly this)."""
-    tensorboard, extra = open_run("fit"), wandb.wandb_loggers(params, "fit")
-    swa_start = swa_start_epoch(params)
-    history, swa = History(), StochasticWeightAveraging(swa_start)
-    observers = monitors(params, probe)
+def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] = ()) -> TrainingRun:
+    """The fit's Trainer: the shared training run plus weight averaging, the best checkpoint and
+    preemption (`litpipe bench` times exactly this)."""
     checkpoint = ModelCheckpoint(
         dirpath=paths.BEST_CKPT.parent,
         filename=paths.BEST_CKPT.stem,
@@ -70,37 +50,28 @@ def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] 
         # epoch's weights and would no longer be the weights that were validated.
         save_on_train_epoch_end=False,
     )
-    early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
-    preemption = Preemption(paths.RESUME_CKPT)
-    trainer = make_trainer(
+    swa_start = swa_start_epoch(params)
+    return training.assemble(
         params,
-        distributed=True,
+        "fit",
+        probe,
+        params.train.max_epochs,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.
-        callbacks=[
-            history,
-            early_stopping,
-            swa,
-            checkpoint,
-            *observers,
-            preemption,
-            *callbacks,
-        ],
-        logger=[tensorboard, *extra],
+        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, Preemption(paths.RESUME_CKPT), *callbacks],
+        distributed=True,
         enable_checkpointing=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
     )
-    return FitRun(trainer, tensorboard, extra, history, early_stopping, observers, swa_start)
 
 
 def run(params: Params) -> None:
-    searched = read_json(paths.SEARCH / "best.json")["params"]
+    searched = read_json(paths.SEARCH_BEST)["params"]
     params = params.override(searched)
     seed_everything(params.seed)
     meta, data = load_meta(), PreparedData.from_params(params)
     model = build_model(params, meta)
     fit = assemble(params, load_split("val").head(params.observe.probe_size).x)
-    trainer, tensorboard, history, swa_start = fit.trainer, fit.tensorboard, fit.history, fit.swa_start
-    start_session(tensorboard, params, params.train.max_epochs)
+    trainer, tensorboard, history, swa_start = fit.trainer, fit.tensorboard, fit.history, swa_start_epoch(params)
     provenance = describe_run(tensorboard, params, model)
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume_from())
@@ -114,20 +85,15 @@ def run(params: Params) -> None:
     test_acc = test_accuracy_of_checkpoint(params, data, tensorboard)
 
     table = pd.DataFrame(history.rows)
-    best = history.best(MONITOR)
-    with atomic_path(paths.FIT / "history.csv") as tmp:
+    with atomic_path(paths.FIT_HISTORY) as tmp:
         table.to_csv(tmp, index=False)
     rows = [row for monitor in fit.monitors for row in monitor.activation_rows]
-    with atomic_path(paths.FIT / "activations.csv") as tmp:
+    with atomic_path(paths.FIT_ACTIVATIONS) as tmp:
         pd.DataFrame(rows, columns=ACTIVATION_COLUMNS).to_csv(tmp, index=False)
+    best = history.best()
     figure = curves_figure(table, best, swa_start)
     add_figure(tensorboard, "curves", figure, trainer.global_step)
-    plots.save(figure, paths.FIT / "curves.png")
-    end_session(
-        tensorboard,
-        {"hp/best_val_loss": best[MONITOR], "hp/best_val_acc": best["val/acc"], "hp/test_acc": test_acc},
-        trainer.global_step,
-    )
+    plots.save(figure, paths.FIT_CURVES)
 
     metrics = {
         "best_epoch": int(best["epoch"]),
@@ -135,9 +101,9 @@ def run(params: Params) -> None:
         "best_val_acc": best["val/acc"],
         "epochs": len(table),
     }
-    write_json(paths.FIT / "metrics.json", metrics)
+    write_json(paths.FIT_METRICS, metrics)
     write_json(
-        paths.FIT / "summary.json",
+        paths.FIT_SUMMARY,
         {
             **metrics,
             "test_acc_in_fit": test_acc,
@@ -152,7 +118,7 @@ def run(params: Params) -> None:
     )
     log.info("best epoch %d: val/loss %.4f, val/acc %.4f", best["epoch"], best[MONITOR], best["val/acc"])
     add_log_file(tensorboard, paths.log_file("fit"))
-    wandb.finish(fit.extra_loggers)
+    fit.end_session(test_acc)
 
 
 def resume_from() -> str | None:

@@ -41,9 +41,9 @@ def run(params: Params) -> None:
         tensorboard, "lr_find", f"Suggested learning rate **{suggestion:.3g}** (optim.lr is {params.optim.lr:.3g})."
     )
     add_figure(tensorboard, "lr_find/curve", fig)
-    plots.save(fig, paths.LR_FIND / "lr_find.png")
+    plots.save(fig, paths.LR_FIND_PLOT)
     write_json(
-        paths.LR_FIND / "lr_find.json",
+        paths.LR_FIND_RESULT,
         {
             "suggestion": suggestion,
             "configured_lr": params.optim.lr,

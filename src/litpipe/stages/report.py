@@ -20,12 +20,7 @@ def run(params: Params) -> None:
     papermill.execute_notebook(
         str(paths.REPORT_NOTEBOOK),
         str(EXECUTED),
-        parameters={
-            "title": params.report.title,
-            "results": str(paths.RESULTS),
-            "prepared": str(paths.PREPARED),
-            "tensorboard": str(paths.TB),
-        },
+        parameters={"title": params.report.title, "inputs": paths.report_inputs()},
         kernel_name="python3",
         progress_bar=False,
         cwd=".",

@@ -18,5 +18,5 @@ def run(params: Params) -> None:
     trainer = make_trainer(params)
     (result,) = trainer.test(model, datamodule=PreparedData.from_params(params), verbose=False)
     metrics = {"accuracy": result["test/acc"], "loss": result["test/loss"], "samples": load_meta()["sizes"]["test"]}
-    write_json(paths.TEST / "metrics.json", metrics)
+    write_json(paths.TEST_METRICS, metrics)
     log.info("test: accuracy %.4f, loss %.4f on %d samples", metrics["accuracy"], metrics["loss"], metrics["samples"])
