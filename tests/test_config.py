@@ -11,7 +11,7 @@ from litpipe.config import Params, load_params
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 
-from .conftest import ROOT, tool_env
+from .helpers import ROOT, tool_env
 
 
 def write(tmp_path: Path, params: dict) -> Path:

@@ -14,7 +14,7 @@ from litpipe.data.prepared import Batches, Split
 from litpipe.io import write_json
 from litpipe.stages import prepare
 
-from .conftest import tool_env
+from .helpers import tool_env
 
 
 def test_ddp_shards_are_disjoint_equal_and_cover_the_data():

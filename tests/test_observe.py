@@ -22,7 +22,7 @@ from litpipe.observe.tensorboard import HP_METRICS, hparam_columns, open_run
 from litpipe.stages import sanity
 from litpipe.training import make_trainer
 
-from .conftest import STAGES, require_module, require_tool, tool_env
+from .helpers import STAGES, require_module, require_tool, tool_env
 
 
 class TensorBoardServer:

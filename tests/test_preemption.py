@@ -15,7 +15,7 @@ from litpipe.config import Params
 from litpipe.io import write_json
 from litpipe.stages import prepare
 
-from .conftest import tool_env
+from .helpers import tool_env
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from .conftest import missing
+from .helpers import missing
 
 pytestmark = pytest.mark.integration
 

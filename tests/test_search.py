@@ -22,7 +22,7 @@ from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 from litpipe.stages import prepare
 
-from .conftest import missing, tool_env
+from .helpers import missing, tool_env
 
 GRID_12 = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1], "model.depth": [1, 2]}
 

@@ -23,7 +23,7 @@ from litpipe.observe.monitors import gradient_norms
 from litpipe.stages import fit
 from litpipe.training import History, build_model, make_trainer, seed_everything
 
-from .conftest import ROOT, tool_env
+from .helpers import ROOT, tool_env
 
 MONITORS_OFF = {f"observe.{name}": False for name in ("gradient_norms", "histograms", "device_stats", "activations")}
 

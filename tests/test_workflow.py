@@ -17,7 +17,7 @@ from litpipe import dag, paths
 from litpipe.config import load_params
 from litpipe.search.study import open_study
 
-from .conftest import FAST, ROOT, STAGES, copy_repo, edit_params, missing, require_tool, run, tool_env
+from .helpers import FAST, ROOT, STAGES, copy_repo, edit_params, missing, require_tool, run, tool_env
 
 # Snakemake-only rules: the search's fan-out (setup, then N workers before `search` collects)
 # and the default target.
