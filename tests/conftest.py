@@ -12,7 +12,8 @@ from .helpers import FAST, ROOT, copy_repo, require_tool, run
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> tuple[Path, str, float]:
     """The default pipeline, run once by `dvc repro` exactly as the README's `make repro` does:
-    the repository copy, dvc's output, and the wall time. Tests that change it restore it."""
+    the repository copy, dvc's output, and the wall time. Tests that change a workspace change a copy
+    of it (helpers.copy_workspace)."""
     require_tool("dvc")
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
     started = time.perf_counter()

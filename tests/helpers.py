@@ -77,6 +77,13 @@ def copy_repo(destination: Path) -> Path:
     return destination
 
 
+def copy_workspace(finished: Path, destination: Path) -> Path:
+    """A copy of a workspace a fixture finished, for a test that changes it: files, times (which Snakemake
+    compares), git, the DVC cache and Snakemake's records."""
+    shutil.copytree(finished, destination, symlinks=True)
+    return destination
+
+
 def edit_params(repo: Path, changes: dict[str, object]) -> None:
     """Set dotted keys in the copy's params.yaml."""
     path = repo / "params.yaml"

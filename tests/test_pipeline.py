@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .helpers import FAST, STAGES, copy_repo, edit_params, require_tool, run
+from .helpers import FAST, STAGES, copy_repo, copy_workspace, edit_params, require_tool, run
 
 pytestmark = pytest.mark.integration
 
@@ -61,32 +61,24 @@ def test_second_repro_reproduces_nothing_and_status_is_clean(pipeline):
     assert "up to date" in run(["dvc", "status"], repo).stdout
 
 
-def test_report_setting_reruns_only_the_report(pipeline):
-    repo, _, _ = pipeline
+def test_report_setting_reruns_only_the_report(pipeline, tmp_path):
+    repo = copy_workspace(pipeline[0], tmp_path / "repo")
     edit_params(repo, {"report.title": "Another title"})
-    try:
-        log = run(["dvc", "repro"], repo).stdout
-        assert [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")] == ["report"]
-        assert "Another title" in (repo / "reports/report.html").read_text()
-    finally:
-        run(["git", "checkout", "params.yaml"], repo)
-        run(["dvc", "repro"], repo)
+    log = run(["dvc", "repro"], repo).stdout
+    assert [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")] == ["report"]
+    assert "Another title" in (repo / "reports/report.html").read_text()
 
 
-def test_dvc_exp_run_compares_a_learning_rate(pipeline):
-    repo, _, _ = pipeline
+def test_dvc_exp_run_compares_a_learning_rate(pipeline, tmp_path):
+    repo = copy_workspace(pipeline[0], tmp_path / "repo")
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    try:
-        run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
-        table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
-        # The experiment's own report names it; a report made once experiments exist compares them.
-        summary_names_it = "<td>lr-high</td>" in (repo / "reports/report.html").read_text()
-        run(["litpipe", "report"], repo)
-        comparison = (repo / "reports/report.html").read_text().split(">Experiments")[-1]
-    finally:  # back to the baseline workspace for the tests that share this pipeline
-        run(["git", "checkout", "--", "."], repo)
-        run(["dvc", "checkout", "--force"], repo)
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
+    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    # The experiment's own report names it; a report made once experiments exist compares them.
+    summary_names_it = "<td>lr-high</td>" in (repo / "reports/report.html").read_text()
+    run(["litpipe", "report"], repo)
+    comparison = (repo / "reports/report.html").read_text().split(">Experiments")[-1]
     experiment = next(row for row in table if row["Experiment"] == "lr-high")
     baseline = next(row for row in table if row["rev"] == "main")
     assert float(experiment["optim.lr"]) == 0.01

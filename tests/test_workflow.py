@@ -3,7 +3,6 @@
 import csv
 import json
 import re
-import shutil
 import subprocess
 import time
 from contextlib import chdir
@@ -17,7 +16,7 @@ from litpipe import dag, paths
 from litpipe.config import load_params
 from litpipe.search.study import open_study
 
-from .helpers import FAST, ROOT, STAGES, copy_repo, edit_params, missing, require_tool, run, tool_env
+from .helpers import FAST, ROOT, STAGES, copy_repo, copy_workspace, edit_params, missing, require_tool, run, tool_env
 
 # Snakemake-only rules: the search's fan-out (setup, then N workers before `search` collects)
 # and the default target.
@@ -154,8 +153,7 @@ def test_an_edit_reruns_the_same_stages_under_both_engines(edit, pipeline, local
     path, old, new = EDITS[edit]
     would_run = {}
     for engine, finished in (("dvc", pipeline[0]), ("snakemake", local_run)):
-        repo = tmp_path / engine
-        shutil.copytree(finished, repo, symlinks=True)  # copy2 keeps the times Snakemake compares
+        repo = copy_workspace(finished, tmp_path / engine)
         text = (repo / path).read_text()
         assert old in text, (path, old)
         (repo / path).write_text(text.replace(old, new, 1))
