@@ -22,15 +22,29 @@ def pipeline(tmp_path_factory) -> tuple[Path, str, float]:
 
 
 @pytest.fixture
-def digits(tmp_path, monkeypatch, default_params):
-    """A temporary working directory with the digits data prepared; returns FAST params."""
+def workspace(tmp_path, monkeypatch, default_params):
+    """A fresh working directory, the test's current one. Returns a function that sets params (dotted
+    changes to params.yaml's values), writes them to params.yaml and, on its first call, prepares the data."""
+    from litpipe import paths
     from litpipe.config import Params
     from litpipe.stages import prepare
 
     monkeypatch.chdir(tmp_path)
-    params = Params.model_validate(default_params).override({k: v for k, v in FAST.items() if k != "search.space"})
-    prepare.run(params)
-    return params
+
+    def set_params(changes: dict | None = None) -> Params:
+        params = Params.model_validate(default_params).override(changes or {})
+        paths.PARAMS.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+        if not paths.META.exists():
+            prepare.run(params)
+        return params
+
+    return set_params
+
+
+@pytest.fixture
+def digits(workspace):
+    """The digits data prepared in a fresh working directory; returns FAST params."""
+    return workspace({k: v for k, v in FAST.items() if k != "search.space"})
 
 
 @pytest.fixture(scope="session")

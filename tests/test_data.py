@@ -14,17 +14,11 @@ from litpipe.errors import StageError
 from litpipe.stages import prepare
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def params_with(default_params: dict, **data: object) -> Params:
     return Params.model_validate(default_params).override({f"data.{k}": v for k, v in data.items()})
 
 
-def test_digits_split_is_stratified_complete_and_documented(in_tmp, default_params):
+def test_digits_split_is_stratified_complete_and_documented(workspace, default_params):
     params = params_with(default_params)
     prepare.run(params)
     meta = load_meta()
@@ -48,7 +42,7 @@ def test_digits_split_is_stratified_complete_and_documented(in_tmp, default_para
         assert meta["sha256"][name] == hashlib.sha256(paths.split_file(name).read_bytes()).hexdigest()
 
 
-def test_split_depends_on_split_seed_only(in_tmp, default_params):
+def test_split_depends_on_split_seed_only(workspace, default_params):
     prepare.run(params_with(default_params, split_seed=0))
     first = load_meta()["sha256"]
     prepare.run(Params.model_validate(default_params).override({"seed": 123, "data.split_seed": 0}))
@@ -77,9 +71,9 @@ def fabricate(root: Path, folder: str, n_train: int = 200, n_test: int = 50) -> 
     ("dataset", "folder", "first_class"),
     [("mnist", "MNIST", "0 - zero"), ("fashion_mnist", "FashionMNIST", "T-shirt/top"), ("kmnist", "KMNIST", "o")],
 )
-def test_torchvision_datasets_through_the_real_classes(in_tmp, default_params, dataset, folder, first_class):
-    fabricate(in_tmp / "mirror", folder)
-    prepare.run(params_with(default_params, dataset=dataset, root=str(in_tmp / "mirror"), val_fraction=0.2))
+def test_torchvision_datasets_through_the_real_classes(workspace, default_params, dataset, folder, first_class):
+    fabricate(Path("mirror"), folder)
+    prepare.run(params_with(default_params, dataset=dataset, root="mirror", val_fraction=0.2))
     meta = load_meta()
     assert meta["official_test_split"] is True
     assert meta["sizes"] == {"train": 160, "val": 40, "test": 50}  # torchvision's own test split is kept
@@ -88,10 +82,10 @@ def test_torchvision_datasets_through_the_real_classes(in_tmp, default_params, d
     assert load_split("test").y.tolist() == (torch.arange(50) % 10).tolist()
 
 
-def test_missing_torchvision_data_is_a_clear_stage_error(in_tmp, default_params):
+def test_missing_torchvision_data_is_a_clear_stage_error(workspace, default_params):
     # These machines cannot download: the loader must say where it looked instead of a traceback.
     with pytest.raises(StageError, match=r"MNIST is not under .*empty/MNIST/raw"):
-        prepare.run(params_with(default_params, dataset="mnist", root=str(in_tmp / "empty")))
+        prepare.run(params_with(default_params, dataset="mnist", root="empty"))
     assert not paths.PREPARED.exists()
 
 

@@ -20,7 +20,6 @@ from optuna.trial import TrialState
 from litpipe.config import Params, load_params
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
-from litpipe.stages import prepare
 
 from .helpers import missing, tool_env
 
@@ -37,20 +36,6 @@ def settings(**search: object) -> dict:
         "search.max_epochs": 2,
         **{f"search.{k}": v for k, v in search.items()},
     }
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, default_params):
-    """A directory with params.yaml and the prepared digits data; returns a function that sets params."""
-    monkeypatch.chdir(tmp_path)
-    prepare.run(Params.model_validate(default_params))
-
-    def write_params(changes: dict) -> Params:
-        params = Params.model_validate(default_params).override(changes)
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
-        return params
-
-    return write_params
 
 
 def litpipe(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -121,8 +106,8 @@ def test_bad_search_settings_are_config_errors(tmp_path, default_params, search,
 # --- scheduling and fault tolerance ------------------------------------------------------------
 
 
-def test_grid_of_12_with_2_workers_runs_each_point_exactly_once(workdir):
-    workdir(settings(space=GRID_12, n_workers=2))
+def test_grid_of_12_with_2_workers_runs_each_point_exactly_once(workspace):
+    workspace(settings(space=GRID_12, n_workers=2))
     output = litpipe("search").stdout
     assert "worker 0: no trials left" in output and "worker 1: no trials left" in output
     rows = trials()
@@ -162,8 +147,8 @@ def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: f
         (signal.SIGTERM, 1, [["search", "--part", "worker"], ["search", "--part", "collect"]]),
     ],
 )
-def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir, signum, workers, rerun):
-    params = workdir(settings(space=GRID_12, n_workers=workers, max_epochs=12))
+def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workspace, signum, workers, rerun):
+    params = workspace(settings(space=GRID_12, n_workers=workers, max_epochs=12))
     search = subprocess.Popen(
         ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -195,9 +180,9 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workdir,
 
 
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
-def test_pruning_shows_in_the_trials_table(workdir, pruner):
+def test_pruning_shows_in_the_trials_table(workspace, pruner):
     # Widest first: the narrow nets that follow fall behind early and get pruned.
-    workdir(
+    workspace(
         settings(
             space={"model.width": [128, 64, 32, 16, 4, 2]},
             pruner=pruner,
@@ -214,8 +199,8 @@ def test_pruning_shows_in_the_trials_table(workdir, pruner):
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
-def test_random_and_tpe_sample_ranges_for_n_trials(workdir, sampler):
-    workdir(
+def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
+    workspace(
         settings(
             sampler=sampler,
             n_trials=4,
@@ -235,8 +220,8 @@ def test_random_and_tpe_sample_ranges_for_n_trials(workdir, sampler):
         assert 1e-6 <= float(row["params_optim.weight_decay"]) <= 1e-2
 
 
-def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workdir):
-    workdir(settings(space={"optim.lr": {"lr_find": [0.5, 2.0]}}))
+def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workspace):
+    workspace(settings(space={"optim.lr": {"lr_find": [0.5, 2.0]}}))
     litpipe("lr_find")
     suggestion = json.loads(Path("results/lr_find/lr_find.json").read_text())["suggestion"]
     litpipe("search")
@@ -246,8 +231,8 @@ def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workdir):
     assert best["params"]["optim.lr"] == pytest.approx(best["optuna_params"]["optim.lr@lr_find"] * suggestion)
 
 
-def test_rerunning_a_finished_study_runs_nothing(workdir):
-    workdir(settings(space={"model.width": [8, 16]}))
+def test_rerunning_a_finished_study_runs_nothing(workspace):
+    workspace(settings(space={"model.width": [8, 16]}))
     litpipe("search")
     first = trials()
     output = litpipe("search").stdout
@@ -293,9 +278,9 @@ def postgres():
     shutil.rmtree(base)
 
 
-def test_postgresql_study_with_3_workers_loses_nothing(workdir, postgres):
+def test_postgresql_study_with_3_workers_loses_nothing(workspace, postgres):
     space = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1]}
-    workdir(settings(space=space, n_workers=3, storage=postgres))
+    workspace(settings(space=space, n_workers=3, storage=postgres))
     output = litpipe("search").stdout
     assert all(f"worker {i}: no trials left" in output for i in range(3))
     rows = trials()
@@ -303,9 +288,9 @@ def test_postgresql_study_with_3_workers_loses_nothing(workdir, postgres):
     assert len({point(row) for row in rows}) == 6
 
 
-def test_postgresql_heartbeats_retry_a_killed_workers_trial(workdir, postgres):
+def test_postgresql_heartbeats_retry_a_killed_workers_trial(workspace, postgres):
     space = {"model.width": [8, 16, 32, 64], "model.depth": [1, 2]}
-    params = workdir(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
+    params = workspace(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
     search = subprocess.Popen(
         ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
