@@ -20,7 +20,7 @@ from litpipe.errors import StageError
 from litpipe.models.classifier import MONITOR, Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import Monitors, monitors
-from litpipe.observe.tensorboard import end_session, open_run, start_session
+from litpipe.observe.tensorboard import HP_METRICS, end_session, open_run, start_session
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,8 @@ class TrainingRun:
         accuracy) and the other loggers; the best epoch's row. Pruned or completed, the session shows it."""
         best = self.history.best(MONITOR) if self.history.rows else {}
         if best:
-            session = {"hp/best_val_loss": best[MONITOR], "hp/best_val_acc": best["val/acc"]}
-            if test_acc is not None:
-                session["hp/test_acc"] = test_acc
+            values = (best[MONITOR], best["val/acc"], test_acc)
+            session = {name: value for name, value in zip(HP_METRICS, values, strict=True) if value is not None}
             end_session(self.tensorboard, session, self.trainer.global_step)
         wandb.finish(self.extra_loggers)
         return best

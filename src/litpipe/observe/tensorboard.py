@@ -25,6 +25,7 @@ from litpipe.observe.system import git_state, markdown_table, system_info
 
 log = logging.getLogger(__name__)
 
+# The best epoch's val/loss and val/acc, and (the fit only) its checkpoint's test accuracy.
 HP_METRICS = ("hp/best_val_loss", "hp/best_val_acc", "hp/test_acc")
 
 
