@@ -84,7 +84,8 @@ def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
         pairs = [t / p for run, plain in zip(runs[name], plain_runs) for t, p in zip(run, plain)]
         return round(statistics.median(pairs), 3)
 
-    data = PlainLoop(params).data
+    data = PreparedData.from_params(params, torch.device(device_type(params)), steps_per_call=1)
+    data.setup("fit")
     return {
         "plain_epoch_s": epoch_s("plain"),
         "litpipe_epoch_s": epoch_s("litpipe"),
@@ -114,7 +115,7 @@ class PlainLoop:
         self.params = params
         self.device = torch.device(device_type(params))
         # Batches of `batch_size`, the loop a researcher would write: the pieces the fit takes its batches in.
-        self.data = PreparedData.from_params(params.override({"train.steps_per_call": 1}), self.device)
+        self.data = PreparedData.from_params(params, self.device, steps_per_call=1)
         self.data.setup("fit")
         self.model = build_model(params, load_meta()).to(self.device)
         configured = self.model.optimizers_for(params.train.precision)

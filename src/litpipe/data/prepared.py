@@ -151,9 +151,14 @@ class PreparedData(pl.LightningDataModule):
         self.splits: dict[str, Split] = {}
 
     @classmethod
-    def from_params(cls, params: Params, device: torch.device | None = None) -> "PreparedData":
+    def from_params(
+        cls, params: Params, device: torch.device | None = None, steps_per_call: int | None = None
+    ) -> "PreparedData":
+        """As params say; `steps_per_call=1` for users that need one optimizer step per batch (the LR
+        finder, the profiler, the bench's plain loop)."""
         train = params.train
-        return cls(train.batch_size, params.seed, train.data_path, train.loader_workers, device, train.steps_per_call)
+        steps = steps_per_call or train.steps_per_call
+        return cls(train.batch_size, params.seed, train.data_path, train.loader_workers, device, steps)
 
     def rebatched(self, params: Params) -> "PreparedData":
         """The same loaded splits, batched as `params` says: a search trial may change the batch size."""

@@ -34,7 +34,6 @@ from litpipe.search import space as search_space
 
 log = logging.getLogger(__name__)
 
-JOURNAL = paths.STUDY_JOURNAL
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -62,9 +61,11 @@ def study_name(params: Params) -> str:
 def open_storage(params: Params) -> BaseStorage:
     url = params.search.storage
     if url == "journal":
-        JOURNAL.parent.mkdir(parents=True, exist_ok=True)
+        paths.STUDY_JOURNAL.parent.mkdir(parents=True, exist_ok=True)
         # The open(2)-based lock works on NFS, unlike the default symlink lock on some filesystems.
-        return JournalStorage(JournalFileBackend(str(JOURNAL), lock_obj=JournalFileOpenLock(str(JOURNAL))))
+        return JournalStorage(
+            JournalFileBackend(str(paths.STUDY_JOURNAL), lock_obj=JournalFileOpenLock(str(paths.STUDY_JOURNAL)))
+        )
     if url.startswith("sqlite"):
         return RDBStorage(url)  # single worker only (validated in params)
     # A trial whose worker stopped beating for three intervals is failed and its point re-enqueued

@@ -19,7 +19,7 @@ def run(params: Params) -> None:
     seed_everything(params.seed)
     model = build_model(params, load_meta())
     # One optimizer step per batch: the finder raises the learning rate and records the loss per batch.
-    data = PreparedData.from_params(params.override({"train.steps_per_call": 1}))
+    data = PreparedData.from_params(params, steps_per_call=1)
     trainer = make_trainer(params)
     finder = Tuner(trainer).lr_find(
         model,

@@ -109,7 +109,7 @@ def profile(params: Params, meta: dict) -> str:
     )
     # One optimizer step per batch: the profile shows a step's operations, and a small split still has
     # profile_batches training batches (the schedule exports no training trace for fewer).
-    one_step = PreparedData.from_params(params.override({"train.steps_per_call": 1}))
+    one_step = PreparedData.from_params(params, steps_per_call=1)
     trainer.fit(build_model(params, meta), datamodule=one_step)
     # torch names traces <worker>.<milliseconds>.pt.trace.json; keep the loop, drop the timestamp.
     for trace in paths.PROFILE_DIR.glob("*.pt.trace.json"):

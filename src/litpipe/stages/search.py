@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> None:
     if not params.search.enabled:
         log.info("search.enabled is false: fit will use the values in params.yaml")
-        outputs.write_disabled(shared.JOURNAL)
+        outputs.write_disabled(paths.STUDY_JOURNAL)
         return
     setup(params)
     if params.search.n_workers == 1:
@@ -135,7 +135,7 @@ def _route_optuna_logs() -> None:
 
 
 def _where(params: Params) -> str:
-    return str(shared.JOURNAL) if params.search.storage == "journal" else params.search.storage.split("@")[-1]
+    return str(paths.STUDY_JOURNAL) if params.search.storage == "journal" else params.search.storage.split("@")[-1]
 
 
 def _exit_reason(code: int) -> str:
