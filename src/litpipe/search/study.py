@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -23,12 +24,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import Trial, TrialState
 
 from litpipe import paths
 from litpipe.config import Params
+from litpipe.errors import StageError
 from litpipe.io import read_json
 from litpipe.search import space as search_space
 
@@ -67,16 +70,44 @@ def open_storage(params: Params) -> BaseStorage:
             JournalFileBackend(str(paths.STUDY_JOURNAL), lock_obj=JournalFileOpenLock(str(paths.STUDY_JOURNAL)))
         )
     if url.startswith("sqlite"):
-        return RDBStorage(url)  # single worker only (validated in params)
+        return open_database(url)  # single worker only (validated in params)
     # A trial whose worker stopped beating for three intervals is failed and its point re-enqueued
     # (RetryHeartbeatStaleTrialCallback keeps the grid point's fixed params).
     interval = params.search.heartbeat_seconds
-    return RDBStorage(
+    return open_database(
         url,
         heartbeat_interval=interval,
         grace_period=3 * interval,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
     )
+
+
+def open_database(url: str, **options: Any) -> RDBStorage:
+    """An Optuna database storage; a StageError naming the URL, its password hidden, when it cannot be used.
+
+    RDBStorage connects at once (it creates its tables), so an unreachable server fails here, before any work.
+    """
+    shown = without_password(url)
+    authority = url.partition("://")[2].partition("/")[0]
+    if authority.count("@") > 1:  # SQLAlchemy would take the password's tail for the host and show it in errors
+        raise StageError(f"search.storage {shown} cannot be reached: write '@' in a user name or password as %40")
+    try:
+        return RDBStorage(url, **options)
+    except ImportError as error:  # the dialect's driver package is missing (mysql:// without mysqlclient)
+        driver = getattr(error.__cause__, "name", None) or "package"
+        raise StageError(f"search.storage {shown} cannot be reached: its driver {driver} is not installed") from error
+    except (sqlalchemy.exc.ArgumentError, ValueError) as error:  # unparsable, unknown dialect, a port not a number
+        raise StageError(f"search.storage {shown} cannot be reached: not a database URL SQLAlchemy can open") from error
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:  # refused, unknown host...
+        # The driver's first line says which (drivers do not repeat the password).
+        reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else type(error).__name__
+        raise StageError(f"search.storage {shown} cannot be reached: {reason}") from error
+
+
+def without_password(url: str) -> str:
+    """The URL as it may be shown: the password in the user part and a `password=` query value replaced by ***."""
+    url = re.sub(r"^([^:/]+://[^:/@]*):[^/]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def open_study(params: Params) -> optuna.Study:
