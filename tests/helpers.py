@@ -3,12 +3,18 @@ a missing tool, and the fast settings. Fixtures are in conftest.py."""
 
 import importlib.util
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +121,85 @@ def require_module(name: str) -> None:
     """An optional Python package the tests exercise (installed by `make test` through the dev extra)."""
     if importlib.util.find_spec(name) is None:
         missing(f"the {name} package is not installed (pip install -e '.[dev]')")
+
+
+def assert_checkpoint_is_averaged(path: Path) -> int:
+    """The checkpoint holds a weight average, not the raw weights being trained: Lightning's WeightAveraging
+    saves the average as `state_dict`, the trained weights as `current_model_state` and the average's own
+    state (how many weight sets it holds, `n_averaged`) as `averaging_state`. Returns that count."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert "averaging_state" in checkpoint, f"{path} holds raw weights: the average never got into it"
+    averaged = int(checkpoint["averaging_state"]["n_averaged"])
+    assert averaged > 0, f"{path} holds an average of nothing (n_averaged {averaged})"
+    average, trained = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert average.keys() == trained.keys()
+    assert any(not torch.equal(average[name], trained[name]) for name in trained), "the average is the raw weights"
+    return averaged
+
+
+Seen = TypeVar("Seen")
+
+
+def wait_until(event: Callable[[], Seen], timeout: float, what: str) -> Seen:
+    """Wait for an observable event (what `event` returns once it is truthy), failing at a deadline; the
+    short pause between looks only spares the CPU."""
+    deadline = time.monotonic() + timeout
+    while not (seen := event()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.05)
+    return seen
+
+
+TRIAL_EPOCH = re.compile(r" trial (\d+) epoch (\d+)/\d+ ")
+TRIAL_ENDED = re.compile(r" worker \d+: trial (\d+) [A-Z]+$")
+
+
+def search_progress(workspace: Path) -> tuple[dict[int, int], set[int]]:
+    """What the search workers have logged (logs/search*.log): the epochs each trial has trained, and the
+    trials that ended. A line still being written is not read."""
+    epochs, ended = {}, set()
+    for log in (workspace / "logs").glob("search*.log"):
+        for line in log.read_text(errors="replace").split("\n")[:-1]:
+            if trained := TRIAL_EPOCH.search(line):
+                epochs[int(trained[1])] = int(trained[2])
+            elif finished := TRIAL_ENDED.search(line):
+                ended.add(int(finished[1]))
+    return epochs, ended
+
+
+def is_stopped(pid: int) -> bool:
+    """SIGSTOP has taken effect: the process is in state T (/proc/<pid>/stat, after the command's name)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def freeze_a_worker_mid_trial(
+    workspace: Path, worker_of: Callable[[int], int | None], max_epochs: int, alive: Callable[[], bool]
+) -> tuple[int, int]:
+    """Stop (SIGSTOP) a search worker in the middle of a trial's training, once another trial has completed,
+    and return (that trial's number, the worker's pid) with the worker still stopped.
+
+    A signal sent to it now lands during training: its log shows at least one epoch of the trial (so the
+    Trainer and its SIGTERM handling are running) and two to go (Lightning acts on SIGTERM at an epoch's end;
+    scancel continues a job's processes just before it signals them), and it cannot move on until it is
+    continued (SIGCONT). `worker_of` gives the pid of the worker running a trial, or None; `alive` says
+    whether the run under test still runs."""
+
+    def frozen_mid_trial() -> tuple[int, int] | None:
+        assert alive(), "the search ended before a trial could be interrupted"
+        epochs, ended = search_progress(workspace)
+        training = [n for n, k in epochs.items() if n not in ended and k < max_epochs - 1]
+        if not ended or not training or (pid := worker_of(training[0])) is None:
+            return None
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # it finished its last trial and exited since the study was read
+            return None
+        wait_until(lambda: is_stopped(pid), 10, f"stop of worker {pid}")
+        epochs, ended = search_progress(workspace)  # it may have moved on between the two looks
+        if training[0] not in ended and epochs[training[0]] < max_epochs - 1:
+            return training[0], pid
+        os.kill(pid, signal.SIGCONT)
+        return None
+
+    return wait_until(frozen_mid_trial, 300, "trial seen training after another completed")

@@ -1,6 +1,7 @@
 """params.yaml validation: typos, wrong types and out-of-range values stop a command before any work."""
 
 import copy
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from litpipe.config import Params, load_params
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 
-from .helpers import ROOT, tool_env
+from .helpers import ROOT, copy_workspace, tool_env
 
 
 def write(tmp_path: Path, params: dict) -> Path:
@@ -116,7 +117,7 @@ def test_override_validates_like_the_file(default_params):
     params = Params.model_validate(default_params)
     assert params.override({"optim.lr": 0.5}).optim.lr == 0.5
     assert params.optim.lr == default_params["optim"]["lr"]  # the original is untouched
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"optim.lr: input should be greater than 0 \(got -1\)"):
         params.override({"optim.lr": -1})
 
 
@@ -126,16 +127,39 @@ def test_grid_is_every_combination_once():
     assert len({tuple(sorted(point.items())) for point in grid}) == 6
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A workspace where `litpipe prepare` finished: the splits, meta.json, its log and its timing."""
+    workspace = tmp_path_factory.mktemp("prepared")
+    shutil.copy(ROOT / "params.yaml", workspace / "params.yaml")
+    subprocess.run(["litpipe", "prepare"], cwd=workspace, env=tool_env(), capture_output=True, check=True)
+    return workspace
+
+
+def snapshot(workspace: Path) -> dict[str, bytes | None]:
+    """Every file's bytes, and every directory (None), under the workspace."""
+    return {
+        str(path.relative_to(workspace)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(workspace.rglob("*"))
+    }
+
+
 @pytest.mark.parametrize("stage", ["prepare", "fit", "report"])
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [("lr", -0.1, "optim.lr: input should be greater than 0"), ("lrate", 0.01, "optim.lrate: unknown key")],
 )
-def test_cli_exits_2_with_one_line_before_touching_outputs(tmp_path, default_params, stage, key, value, expected):
-    write(tmp_path, modified(default_params, "optim", key, value))
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = subprocess.run(["litpipe", stage], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+def test_cli_exits_2_with_one_line_before_touching_outputs(
+    prepared, tmp_path, default_params, stage, key, value, expected
+):
+    workspace = copy_workspace(prepared, tmp_path / "workspace")
+    write(workspace, modified(default_params, "optim", key, value))
+    before = snapshot(workspace)
+    assert {"data/prepared/meta.json", "data/prepared/train.pt", "logs/prepare.log"} <= set(before)
+    result = subprocess.run(["litpipe", stage], cwd=workspace, env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("litpipe: params.yaml: ") and expected in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no logs/, data/ or results/ created
+    after = snapshot(workspace)
+    assert after.keys() == before.keys()  # no file or directory created or removed
+    assert [name for name in before if after[name] != before[name]] == []  # and none rewritten or appended to

@@ -1,4 +1,7 @@
-"""The networks, the LightningModule and the training stages, in-process on the digits data."""
+"""The networks, the LightningModule and the training stages on the digits data (in-process, but for the
+reproducibility check, which compares two `litpipe fit` processes)."""
+
+import subprocess
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from litpipe.models.classifier import Classifier
 from litpipe.models.networks import CNN, MLP
 from litpipe.stages import fit, sanity
 from litpipe.training import build_model
+
+from .helpers import FAST, assert_checkpoint_is_averaged, copy_workspace, tool_env
 
 
 @pytest.mark.parametrize("network", [MLP, CNN])
@@ -47,14 +52,28 @@ def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits, 
     assert loss == pytest.approx(summary["best_val_loss"], rel=1e-4)
     assert summary["swa_start_epoch"] == 1 and summary["best_epoch"] > 1
     assert summary["checkpoint_is_averaged"]
+    # Averaged for real: the weights at the end of each epoch from the start up to the validated one.
+    assert assert_checkpoint_is_averaged(paths.BEST_CKPT) == summary["best_epoch"] - summary["swa_start_epoch"]
 
 
-def test_fit_is_reproducible_on_cpu(digits):
-    write_json(paths.SEARCH / "best.json", {"params": {}})
-    fit.run(digits)
-    first = read_json(paths.FIT / "metrics.json")
-    fit.run(digits)
-    assert read_json(paths.FIT / "metrics.json") == first
+def test_fit_is_reproducible_on_cpu(workspace, tmp_path):
+    """Two `litpipe fit` processes, as two runs of the pipeline are: nothing carried over in memory (seeds,
+    cached state) can make them agree. They run side by side, each in its own copy of the workspace."""
+    # Four epochs still average weights (from the first) and can stop early (from the third).
+    fast = {k: v for k, v in FAST.items() if k != "search.space"}
+    workspace({**fast, "train.max_epochs": 4, "train.accelerator": "cpu"})
+    write_json(paths.SEARCH_BEST, {"params": {}})
+    runs = [copy_workspace(tmp_path, tmp_path.parent / f"{tmp_path.name}-run{i}") for i in (1, 2)]
+    processes = []
+    for run in runs:
+        with (run / "fit.out").open("w") as output:  # a file, not a pipe nobody reads while the fit runs
+            processes.append(
+                subprocess.Popen(["litpipe", "fit"], cwd=run, env=tool_env(), stdout=output, stderr=subprocess.STDOUT)
+            )
+    for run, process in zip(runs, processes):
+        assert process.wait(timeout=600) == 0, (run / "fit.out").read_text()[-3000:]
+    for result in (paths.FIT_METRICS, paths.FIT_HISTORY):
+        assert (runs[0] / result).read_bytes() == (runs[1] / result).read_bytes(), result
 
 
 def test_sanity_stops_when_the_model_cannot_overfit(digits):

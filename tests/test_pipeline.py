@@ -51,8 +51,9 @@ def test_report_embeds_every_image(pipeline):
     assert '<img src="http' not in html
 
 
-def test_second_repro_reproduces_nothing_and_status_is_clean(pipeline):
-    repo, _, _ = pipeline
+def test_second_repro_reproduces_nothing_and_status_is_clean(pipeline, tmp_path):
+    # A copy: were a stage to run again, it would rewrite outputs that test_report.py reads from the fixture.
+    repo = copy_workspace(pipeline[0], tmp_path / "repo")
     started = time.perf_counter()
     log = run(["dvc", "repro"], repo).stdout
     print(f"second dvc repro: {time.perf_counter() - started:.2f} s")

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
@@ -21,7 +20,7 @@ from litpipe.config import Params, load_params
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 
-from .helpers import missing, tool_env
+from .helpers import freeze_a_worker_mid_trial, missing, tool_env
 
 GRID_12 = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1], "model.depth": [1, 2]}
 
@@ -119,23 +118,24 @@ def test_grid_of_12_with_2_workers_runs_each_point_exactly_once(workspace):
         assert Path(f"results/search/{plot}.png").stat().st_size > 0
 
 
-def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """A trial that is running (not the first) and whose worker has recorded its pid."""
+def start_search(output: Path) -> subprocess.Popen:
+    """`litpipe search` in the background, its output to files (a pipe nobody reads would block it when full)."""
+    with (output.with_suffix(".out")).open("w") as stdout, (output.with_suffix(".err")).open("w") as stderr:
+        return subprocess.Popen(["litpipe", "search"], env=tool_env(), stdout=stdout, stderr=stderr)
+
+
+def worker_running(params: Params, number: int) -> int | None:
+    """The pid of the worker running trial `number`, read from the study, or None once it is not running."""
     from litpipe.search.study import open_study
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert started.poll() is None, "the search ended before a trial could be interrupted"
-        if Path("results/search/study.journal").exists():
-            study = open_study(params)
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            running = [
-                t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs
-            ]
-            if done and running:
-                return running[0]
-        time.sleep(0.05)
-    raise AssertionError("no trial was seen running")
+    trial = open_study(params).trials[number]
+    if trial.state != TrialState.RUNNING or "worker" not in trial.user_attrs:
+        return None
+    return int(trial.user_attrs["worker"].rpartition(":")[2])
+
+
+def same_point(trial: optuna.trial.FrozenTrial) -> dict:
+    return trial.system_attrs["fixed_params"]  # the grid point enqueued for it
 
 
 @pytest.mark.parametrize(
@@ -147,23 +147,32 @@ def wait_for_running_trial(params: Params, started: subprocess.Popen, timeout: f
         (signal.SIGTERM, 1, [["search", "--part", "worker"], ["search", "--part", "collect"]]),
     ],
 )
-def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workspace, signum, workers, rerun):
-    params = workspace(settings(space=GRID_12, n_workers=workers, max_epochs=12))
-    search = subprocess.Popen(
-        ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    victim = wait_for_running_trial(params, search)
-    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signum)
-    _, stderr = search.communicate(timeout=300)
-    assert search.returncode == 1
-    assert "run the stage again" in stderr
+def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workspace, tmp_path, signum, workers, rerun):
     from litpipe.search.study import open_study
 
-    before = {
-        t.number: (t.params, t.value, t.datetime_complete)
-        for t in open_study(params).trials
-        if t.state == TrialState.COMPLETE
-    }
+    params = workspace(settings(space=GRID_12, n_workers=workers, max_epochs=12))
+    search = start_search(tmp_path / "search")
+    victim, pid = freeze_a_worker_mid_trial(
+        Path.cwd(), lambda number: worker_running(params, number), 12, lambda: search.poll() is None
+    )
+    os.kill(pid, signum)
+    os.kill(pid, signal.SIGCONT)
+    assert search.wait(timeout=300) == 1
+    assert "run the stage again" in (tmp_path / "search.err").read_text()
+
+    # Before any re-run, the storage itself: what the stopped worker left behind.
+    trials = open_study(params).trials
+    interrupted = trials[victim]
+    waiting = [same_point(t) for t in trials if t.state == TrialState.WAITING]
+    if signum == signal.SIGTERM:
+        # The worker failed the trial it was training and queued its point again.
+        assert interrupted.state == TrialState.FAIL
+        assert waiting.count(same_point(interrupted)) == 1
+    else:
+        # SIGKILL leaves the trial RUNNING (a journal file has no heartbeats): the re-run's setup recovers it.
+        assert interrupted.state == TrialState.RUNNING
+        assert same_point(interrupted) not in waiting
+    before = {t.number: (t.params, t.value, t.datetime_complete) for t in trials if t.state == TrialState.COMPLETE}
     assert before and len(before) < 12
 
     for command in rerun:
@@ -172,11 +181,10 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workspac
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(completed) == 12
     assert len({tuple(sorted(t.params.items())) for t in completed}) == 12  # every point once
+    assert same_point(interrupted) in [same_point(t) for t in completed]  # the interrupted point ran again
     after = {t.number: (t.params, t.value, t.datetime_complete) for t in completed}
     assert all(after[number] == done for number, done in before.items())  # nothing completed ran again
-    # The interrupted trial is FAIL; a signal that lands after its training ended lets it complete.
-    assert study.trials[victim.number].state in (TrialState.FAIL, TrialState.COMPLETE)
-    assert len([t for t in study.trials if t.state == TrialState.FAIL]) <= 1
+    assert [t.number for t in study.trials if t.state == TrialState.FAIL] == [victim]
 
 
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
@@ -288,26 +296,22 @@ def test_postgresql_study_with_3_workers_loses_nothing(workspace, postgres):
     assert len({point(row) for row in rows}) == 6
 
 
-def test_postgresql_heartbeats_retry_a_killed_workers_trial(workspace, postgres):
-    space = {"model.width": [8, 16, 32, 64], "model.depth": [1, 2]}
-    params = workspace(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
-    search = subprocess.Popen(
-        ["litpipe", "search"], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def test_postgresql_heartbeats_retry_a_killed_workers_trial(workspace, postgres, tmp_path):
     from litpipe.search.study import open_study
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        running = [t for t in open_study(params).get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
-        if running:
-            break
-        time.sleep(0.05)
-    os.kill(int(running[0].user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
-    stdout, _ = search.communicate(timeout=300)
+    space = {"model.width": [8, 16, 32, 64], "model.depth": [1, 2]}
+    params = workspace(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
+    search = start_search(tmp_path / "search")
+    victim, pid = freeze_a_worker_mid_trial(
+        Path.cwd(), lambda number: worker_running(params, number), 12, lambda: search.poll() is None
+    )
+    os.kill(pid, signal.SIGKILL)  # while its trial is RUNNING, with heartbeats
+    stdout = (tmp_path / "search.out").read_text
     # The surviving workers saw the trial go stale, failed it and ran its point again, in the same run.
-    assert search.returncode == 0, stdout[-2000:]
-    assert "the other workers retried its trials" in stdout
+    assert search.wait(timeout=300) == 0, stdout()[-2000:]
+    assert "the other workers retried its trials" in stdout()
     study = open_study(params)
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(completed) == 8 and len({tuple(sorted(t.params.items())) for t in completed}) == 8
-    assert study.trials[running[0].number].state == TrialState.FAIL
+    assert study.trials[victim].state == TrialState.FAIL
+    assert same_point(study.trials[victim]) in [same_point(t) for t in completed]

@@ -4,7 +4,7 @@ import csv
 import json
 import re
 import subprocess
-import time
+import threading
 from contextlib import chdir
 from pathlib import Path
 
@@ -16,7 +16,19 @@ from litpipe import dag, paths
 from litpipe.config import load_params
 from litpipe.search.study import open_study
 
-from .helpers import FAST, ROOT, STAGES, copy_repo, copy_workspace, edit_params, missing, require_tool, run, tool_env
+from .helpers import (
+    FAST,
+    ROOT,
+    STAGES,
+    copy_repo,
+    copy_workspace,
+    edit_params,
+    freeze_a_worker_mid_trial,
+    missing,
+    require_tool,
+    run,
+    tool_env,
+)
 
 # Snakemake-only rules: the search's fan-out (setup, then N workers before `search` collects)
 # and the default target.
@@ -242,74 +254,103 @@ def test_profile_slurm_submits_every_compute_rule_and_matches_the_local_run(loca
     slurm_cluster()
     repo = copy_repo(tmp_path)
     edit_params(repo, SLURM_FAST)
-    result = run(snakemake_on_slurm(), repo)
+    with SlurmJobStates() as states:
+        result = run(snakemake_on_slurm(), repo)
     submitted = SUBMITTED.findall(result.stdout + result.stderr)
     rules = {rule for _, rule in submitted}
     assert rules == {"sanity", "lr_find", "search_worker", "search", "fit", "test", "analyze", "report"}
     assert len(submitted) == len(rules) + 1  # two search worker jobs
-    ids = ",".join(job for job, _ in submitted)
-    states = run(["squeue", "-h", "-t", "all", "-j", ids, "-o", "%T"], repo).stdout.split()
-    assert states == ["COMPLETED"] * len(submitted)  # SLURM itself ran them
+    assert [states.last.get(job) for job, _ in submitted] == ["COMPLETED"] * len(submitted)  # SLURM itself ran them
     # The same outputs as the local run, with the same numbers.
     assert search_results(repo) == search_results(local_run)
     for metrics in ("results/test/metrics.json", "results/fit/metrics.json"):
         assert json.loads((repo / metrics).read_text()) == json.loads((local_run / metrics).read_text())
 
 
+class SlurmJobStates:
+    """The last state squeue showed for every job, watched while a run goes on: SLURM forgets a finished
+    job MinJobAge (300 s by default) after it ends, so asking once a long run is over would miss its first
+    jobs. Looking every two seconds cannot miss a state that is shown for minutes."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+
+    def _look(self) -> None:
+        shown = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T"], capture_output=True, text=True)
+        self.last.update(line.split() for line in shown.stdout.splitlines() if line.strip())
+
+    def _watch(self) -> None:
+        while not self._done.wait(2):
+            self._look()
+
+    def __enter__(self) -> "SlurmJobStates":
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._watcher.join()
+        self._look()  # the jobs that ended since the last look
+
+
 @pytest.mark.integration
 def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
     slurm_cluster()
-    repo = copy_repo(tmp_path)
+    repo = copy_repo(tmp_path / "repo")
     space = {"model.width": [8, 12, 16, 24, 32, 48], "model.depth": [1, 2]}
     edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 10, "search.pruner": "none"})
-    # Up to the search only: the rest of the DAG under SLURM is the test above's.
-    started = subprocess.Popen(
-        snakemake_on_slurm("search"),
-        cwd=repo,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Up to the search only: the rest of the DAG under SLURM is the test above's. Output to a file: a pipe
+    # nobody reads while Snakemake runs would block it once full.
+    with (tmp_path / "snakemake.out").open("w") as output:
+        started = subprocess.Popen(
+            snakemake_on_slurm("search"), cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT
+        )
     params = load_params(repo / "params.yaml")
-    job = running_worker_job(repo, params, started)
-    run(["scancel", job], repo)
-    output, _ = started.communicate(timeout=600)
-    assert started.returncode != 0, output[-2000:]
+    jobs_of_workers: dict[int, str] = {}
+
+    def worker_in_a_job(number: int) -> int | None:
+        """The pid of the SLURM job's worker running trial `number` (the job id noted), or None."""
+        with chdir(repo):
+            trial = open_study(params).trials[number]
+        if trial.state != TrialState.RUNNING or "worker" not in trial.user_attrs:
+            return None
+        pid = int(trial.user_attrs["worker"].rpartition(":")[2])
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_text()
+        except FileNotFoundError:  # it finished its last trial and exited since the study was read
+            return None
+        variables = dict(v.split("=", 1) for v in environ.split("\0") if "=" in v)
+        if "SLURM_JOB_ID" not in variables:
+            return None
+        jobs_of_workers[pid] = variables["SLURM_JOB_ID"]
+        return pid
+
+    victim, pid = freeze_a_worker_mid_trial(repo, worker_in_a_job, 10, lambda: started.poll() is None)
+    run(["scancel", jobs_of_workers[pid]], repo)  # SLURM continues the stopped worker and sends it SIGTERM
+    assert started.wait(timeout=600) != 0
+    output = (tmp_path / "snakemake.out").read_text()
+    assert "search_worker" in output and ("CANCELLED" in output or "exit status 1" in output), output[-2000:]
+
+    # Before the re-run: the cancelled worker failed its trial and queued the point again. The other worker
+    # goes on while Snakemake winds down and may take that point: then a later trial completed it.
+    with chdir(repo):
+        trials = open_study(params).trials
+    point = trials[victim].system_attrs["fixed_params"]
+    assert trials[victim].state == TrialState.FAIL
+    assert point in [
+        t.system_attrs["fixed_params"]
+        for t in trials[victim + 1 :]
+        if t.state in (TrialState.WAITING, TrialState.COMPLETE)
+    ]
     before = completed_trials(repo, params)
-    # The other worker goes on while Snakemake winds down, and may take the cancelled trial's point.
     assert 0 < len(before) <= 12
-    assert "search_worker" in output and ("CANCELLED" in output or "exit status 1" in output)
 
     run(snakemake_on_slurm("search"), repo)  # the re-run: the cancelled worker's job again, then the collect
     after = completed_trials(repo, params)
     assert len(after) == 12 and len({p for p, _ in after.values()}) == 12  # every point exactly once
     assert all(after[number] == done for number, done in before.items())  # completed trials kept, not re-run
-
-
-def running_worker_job(repo: Path, params, started: subprocess.Popen) -> str:
-    """The SLURM job id of a search worker that is in the middle of a trial, after one trial completed."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert started.poll() is None, "snakemake ended before a worker could be cancelled"
-        if (repo / "results/search/study.journal").exists():
-            with chdir(repo):
-                study = open_study(params)
-                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                running = [
-                    t
-                    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if "worker" in t.user_attrs
-                ]
-            for trial in running if done else []:
-                pid = trial.user_attrs["worker"].rpartition(":")[2]
-                environ = Path(f"/proc/{pid}/environ")
-                if environ.exists():
-                    variables = dict(v.split("=", 1) for v in environ.read_text().split("\0") if "=" in v)
-                    if "SLURM_JOB_ID" in variables:
-                        return variables["SLURM_JOB_ID"]
-        time.sleep(0.2)
-    raise AssertionError("no search worker job was seen running a trial")
 
 
 def completed_trials(repo: Path, params) -> dict[int, tuple]:
