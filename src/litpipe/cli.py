@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     whole = part in (None, "collect")
     task = args.stage if whole else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
 
+    from litpipe import dag
     from litpipe.config import load_params
     from litpipe.errors import ConfigError, StageError
     from litpipe.io import write_json
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"litpipe: {error}", file=sys.stderr)
         return 2
+    # Before the log is opened: a stage run out of order changes nothing, its last log included.
+    missing = dag.missing_input(args.stage)
+    if missing:
+        print(f"litpipe: {missing}", file=sys.stderr)
+        return 1
 
     # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -109,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as error:
         log.error("%s failed: %s", task, error)
         return 1
+    except FileNotFoundError as error:  # an input read outside a repository, where dvc.yaml cannot name its stage
+        log.error("%s failed: %s: not found", task, error.filename)
+        return 1
     seconds = time.perf_counter() - started
     if whole:  # recorded for the report, which totals them and suggests SLURM time limits
         write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
@@ -118,18 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """`litpipe bench`: the JSON result alone on stdout, progress on stderr and in logs/bench.log."""
-    from pydantic import ValidationError
-
-    from litpipe.config import describe, load_params
+    from litpipe.config import load_params
     from litpipe.errors import ConfigError, StageError
 
     try:
-        params = load_params(args.params).override(overrides(args.set))
+        params = load_params(args.params)
+        params = params.override(overrides(args.set))
     except ConfigError as error:
         print(f"litpipe: {error}", file=sys.stderr)
-        return 2
-    except ValidationError as error:
-        print(f"litpipe: -S: {describe(error)}", file=sys.stderr)
         return 2
     counts = {
         "--epochs": (args.epochs, 2),

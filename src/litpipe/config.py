@@ -2,8 +2,13 @@
 
 Every tunable number lives in params.yaml and nowhere else: these models declare types and
 allowed ranges but no defaults, so a missing key is an error rather than a silent fallback.
+Validation is strict: a value has the type its key declares (`true` is not a number, "3" is not an
+integer; an integer is a valid float), every float is finite, and a key written twice is an error
+rather than the last one winning. The file is read as YAML 1.2, as DVC reads it: `1e-3` is a number,
+`off` and `yes` are strings.
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,13 +19,15 @@ from litpipe.data import DATASETS
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 
+INT32_MAX = 2**31 - 1  # counts reach C ints in torch, NumPy and CUDA calls
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-PositiveInt = Annotated[int, Field(ge=1)]
-Seed = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+PositiveInt = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy, scikit-learn and Lightning's seeding accept
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataParams(Section):
@@ -49,7 +56,7 @@ class OptimParams(Section):
     lr: Annotated[float, Field(gt=0, le=10)]
     weight_decay: Annotated[float, Field(ge=0)]
     plateau_factor: Fraction
-    plateau_patience: Annotated[int, Field(ge=0)]
+    plateau_patience: Count
 
 
 class TrainParams(Section):
@@ -66,7 +73,7 @@ class TrainParams(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"]
     compile: bool  # torch.compile the network for training
     data_path: Literal["auto", "resident", "loader"]  # see data/prepared.py
-    loader_workers: Annotated[int, Field(ge=0)]  # DataLoader worker processes on the loader path
+    loader_workers: Count  # DataLoader worker processes on the loader path
 
     @model_validator(mode="after")
     def supported(self) -> "TrainParams":
@@ -78,13 +85,13 @@ class TrainParams(Section):
 class SanityParams(Section):
     overfit_epochs: PositiveInt
     overfit_max_loss: Annotated[float, Field(gt=0)]
-    profile_batches: Annotated[int, Field(ge=2)]
+    profile_batches: Annotated[int, Field(ge=2, le=INT32_MAX)]
 
 
 class LrFindParams(Section):
     min_lr: Annotated[float, Field(gt=0)]
     max_lr: Annotated[float, Field(gt=0)]
-    num_training: Annotated[int, Field(ge=10)]
+    num_training: Annotated[int, Field(ge=10, le=INT32_MAX)]
 
     @model_validator(mode="after")
     def ordered(self) -> "LrFindParams":
@@ -100,8 +107,8 @@ class SearchParams(Section):
     n_workers: PositiveInt
     storage: str  # "journal" (a file next to the results) or an RDB URL
     pruner: Literal["median", "successive_halving", "hyperband", "none"]
-    pruner_startup_trials: Annotated[int, Field(ge=0)]
-    pruner_warmup_epochs: Annotated[int, Field(ge=0)]
+    pruner_startup_trials: Count
+    pruner_warmup_epochs: Count
     heartbeat_seconds: PositiveInt  # database storages: a trial silent for 3 intervals is retried
     cuda_mps: Literal["auto", "off"]  # workers sharing a GPU: under a private CUDA MPS daemon (search/resources.py)
     max_epochs: PositiveInt
@@ -166,7 +173,10 @@ class Params(Section):
                 if not isinstance(node, dict):
                     raise ConfigError(f"{dotted}: {key} is a value, not a section")
             node[leaf] = value
-        return Params.model_validate(tree)
+        try:
+            return Params.model_validate(tree)
+        except ValidationError as error:
+            raise ConfigError(describe(error)) from None
 
     @model_validator(mode="after")
     def space_is_valid(self) -> "Params":
@@ -192,19 +202,93 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ConfigError with a one-line message on any problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run litpipe from the repository root)") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ConfigError(f"{path}: not a text file") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+        problem = f" ({error.problem})" if getattr(error, "problem", None) else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML{problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty; expected the sections {', '.join(Params.model_fields)}")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level (got {type(raw).__name__})")
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: {describe(error)}") from None
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema, the one DVC (ruamel) reads params.yaml with: only
+    true/false are booleans, `1e-3` is a float, `017` is seventeen, and dates stay strings. Two readers that
+    disagree on what a value is would track one number and train with another."""
+
+
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float", "timestamp")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _construct_int(loader: ParamsLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, {"0x": 16, "0o": 8}.get(text[:2], 10))
+
+
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def read_yaml(text: str) -> Any:
+    """The document in `text`, read as ParamsLoader reads it; a key written twice in one mapping is a
+    ConfigError naming it (PyYAML would keep the last one silently)."""
+    loader = ParamsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: str = "") -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, where)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = f"{where}.{key_node.value}" if where else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            raise ConfigError(f"line {line}: {key} is written twice (first on line {first_line[key]}); keep one")
+        first_line[key] = line
+        _refuse_duplicate_keys(value_node, key)
 
 
 def describe(error: ValidationError) -> str:

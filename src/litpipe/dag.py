@@ -91,3 +91,24 @@ def param_values(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
             node = node[key]
         values[dotted] = node
     return values
+
+
+def missing_input(name: str, root: Path = Path()) -> str | None:
+    """Why stage `name` cannot run yet, in one line: the first of its dependencies that another stage makes
+    and that is not there, with that stage. None when all are there, or when there is no dvc.yaml (a
+    working directory outside a repository: the stage's own reads say what is missing)."""
+    if not (root / DVC_YAML).exists():
+        return None
+    stages = load(root / DVC_YAML)
+    for dep in stages[name].deps:
+        maker = next((other for other in stages.values() if _makes(other, dep)), None)
+        if maker and not (root / dep).exists():
+            return (
+                f"{name} needs {dep}, which the {maker.name} stage makes: "
+                f"run `dvc repro {maker.name}` (or `litpipe {maker.name}`) first"
+            )
+    return None
+
+
+def _makes(stage: Stage, path: str) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in stage.outs + stage.persistent)

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from litpipe.errors import StageError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -38,4 +40,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file another stage wrote; one line naming it when it is not valid JSON (truncated, edited)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StageError(f"{path}: not valid JSON ({error}); run the stage that writes it again") from None

@@ -2,15 +2,14 @@
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, WeightAveraging
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -81,7 +80,11 @@ def make_trainer(params: Params, distributed: bool = False, **overrides: Any) ->
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
     )
     settings.update(overrides)
-    return pl.Trainer(**settings)
+    try:
+        return pl.Trainer(**settings)
+    except MisconfigurationException as error:  # no such device here, more devices than there are...
+        where = f"train.accelerator: {train.accelerator}, train.devices: {settings['devices']}"
+        raise StageError(f"{where}: {str(error).splitlines()[0]}") from None
 
 
 def device_type(params: Params) -> str:
@@ -170,36 +173,6 @@ class StochasticWeightAveraging(WeightAveraging):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.started:
             super().on_train_end(trainer, pl_module)
-
-
-class Preempted(Exception):
-    """Training stopped on a scheduler's signal after saving a checkpoint to resume from."""
-
-
-class Preemption(Callback):
-    """On SIGUSR1 (what `sbatch --signal=USR1@120` sends before the time limit) or SIGTERM (scancel,
-    preemption), save a full training checkpoint at the end of the epoch in progress and stop with Preempted.
-
-    The end of an epoch is the last point a run can resume from as if it had not stopped: mid-epoch,
-    Lightning cannot fast-forward the epoch's batches, and a checkpoint after the last batch but before
-    validation makes the resumed run skip that epoch's validation. Its handlers replace Lightning's for
-    the fit (Lightning restores them afterwards): Lightning's SIGTERM handling would stop the loop, even
-    mid-validation, without keeping the progress.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.signal: str | None = None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # on_train_start runs after Lightning installed its handlers (on_fit_start runs before).
-        for signum in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(signum, lambda received, frame: setattr(self, "signal", signal.Signals(received).name))
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.signal:
-            trainer.save_checkpoint(self.path)
-            raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {self.path}")
 
 
 @dataclass

@@ -12,9 +12,12 @@ A batch holds `steps_per_call` x `batch_size` samples, which the model takes in 
 `train.data_path: auto` picks resident when the splits take at most half of the device's free memory.
 """
 
+import hashlib
 import logging
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from litpipe import paths
 from litpipe.config import Params
+from litpipe.errors import StageError
 from litpipe.io import read_json
 
 log = logging.getLogger(__name__)
@@ -47,43 +51,82 @@ class Split:
         return self.x.nbytes + self.y.nbytes
 
 
-def load_split(name: str) -> Split:
-    """A prepared split, memory-mapped: pages are read from disk when used, not all at once."""
-    tensors = torch.load(paths.split_file(name), weights_only=True, mmap=True)
-    return Split(tensors["x"], tensors["y"])
+def load_split(name: str, verify: bool = True) -> Split:
+    """A prepared split, memory-mapped: pages are read from disk when used, not all at once. `verify`
+    first checks the file against the SHA-256 that prepare recorded in meta.json (DataLoader workers
+    map a file their process already checked)."""
+    path = paths.split_file(name)
+    if verify:
+        verify_split(path, load_meta()["sha256"].get(name))
+    try:
+        tensors = torch.load(path, weights_only=True, mmap=True)
+        return Split(tensors["x"], tensors["y"])
+    except (
+        RuntimeError,
+        KeyError,
+        pickle.UnpicklingError,
+    ) as error:  # matched its checksum: written by another prepare
+        raise StageError(f"{path}: not a split that prepare wrote ({error}); run prepare again") from None
+
+
+def verify_split(path: Path, expected: str | None) -> None:
+    rerun = "run `dvc repro prepare` (or `litpipe prepare`)"
+    try:
+        with path.open("rb") as file:
+            actual = hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; {rerun}") from None
+    if actual != expected:
+        raise StageError(
+            f"{path}: its contents do not match the SHA-256 in {paths.META} (truncated or changed); {rerun}"
+        )
 
 
 def load_meta() -> dict[str, Any]:
+    if not paths.META.exists():
+        raise StageError(
+            f"{paths.META}: not found; the prepare stage makes it: run `dvc repro prepare` (or `litpipe prepare`)"
+        )
     return read_json(paths.META)
 
 
 class BatchOrder:
-    """The sample indices of each batch of an epoch; a new permutation per epoch when shuffling, from a
-    seeded generator.
+    """The sample indices of each batch of an epoch; when shuffling, a permutation drawn from a generator
+    seeded with (seed, epoch). Lightning sets the epoch before each one (`set_epoch`, as for a
+    DistributedSampler), so a fit resumed at epoch k takes the batches of epoch k, as if it had never
+    stopped; iterated by hand, each pass is the next epoch.
 
     Under DDP each of `world` processes takes every world-th sample of the same permutation: disjoint
     shards of equal size (the remainder of n / world is left out), so every rank runs as many steps.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world = rank, world
+        self.next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = epoch
 
     def __len__(self) -> int:
         return -(-(self.n // self.world) // self.batch_size)
 
-    def epoch(self) -> torch.Tensor | None:
-        """This epoch's sample order, or None when it is the split as stored."""
+    def order(self) -> torch.Tensor | None:
+        """The next epoch's sample order, or None when it is the split as stored."""
+        epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
         if not self.shuffle and self.world == 1:
             return None
-        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        if self.shuffle:  # seeds up to 2**32 and epochs below 2**31: distinct values under 2**64
+            generator = torch.Generator().manual_seed(self.seed * 2**32 + epoch)
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
         if self.world > 1:
             order = order[: self.n // self.world * self.world][self.rank :: self.world]
         return order
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        order = self.epoch()
+        order = self.order()
         if order is None:
             order = torch.arange(self.n)
         for start in range(0, len(order), self.batch_size):
@@ -98,13 +141,15 @@ class Batches:
     ) -> None:
         self.split = split
         self.batch_size = batch_size
-        self.order = BatchOrder(len(split.y), batch_size, shuffle, seed, rank, world)
+        # Named as a DataLoader's sampler (and no batch sampler), so that Lightning sets its epoch.
+        self.sampler = BatchOrder(len(split.y), batch_size, shuffle, seed, rank, world)
+        self.batch_sampler = None
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order.epoch()
+        order = self.sampler.order()
         if order is None:
             x, y = self.split.x, self.split.y
         else:  # one gather per epoch, then every batch is a view
@@ -124,7 +169,7 @@ class SplitFile(Dataset):
 
     def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._split is None:
-            self._split = load_split(self.name)
+            self._split = load_split(self.name, verify=False)
         return self._split.x[indices], self._split.y[indices]
 
     def __getstate__(self) -> dict:

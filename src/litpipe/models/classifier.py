@@ -8,6 +8,7 @@ a batch holds.
 """
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from litpipe import checkpoints
+from litpipe.errors import StageError
 from litpipe.models.networks import NETWORKS
 
 MONITOR = "val/loss"  # what the learning-rate schedule, early stopping, checkpoints and the search minimise
@@ -50,6 +53,23 @@ class Classifier(pl.LightningModule):
         self._sums: dict[str, torch.Tensor] = {}  # split -> (loss x samples, correct) of this epoch so far
         self._samples: dict[str, int] = {}
         self._plain_backward = False  # decided when training starts
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str) -> "Classifier":
+        """The model in a checkpoint, on the CPU, in eval mode: read with weights_only semantics and checked
+        against its checksum (litpipe.checkpoints)."""
+        contents = checkpoints.read(path)
+        try:
+            model = cls(**contents["hyper_parameters"])
+            model.load_state_dict(contents["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as error:
+            first = str(error).splitlines()[0]
+            raise StageError(f"{path}: not a checkpoint of this classifier ({first}); run the fit again") from None
+        return model.eval()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this after the callbacks' hooks (weight averaging puts its average in place there).
+        checkpoint[checkpoints.DIGEST_KEY] = checkpoints.digest(checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalise(x))

@@ -10,6 +10,7 @@ Kept free of Optuna imports: params validation uses it.
 """
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,8 @@ def parse(space: dict[str, Any]) -> dict[str, Dimension]:
 def parse_dimension(key: str, raw: Any) -> Dimension:
     where = f"search.space.{key}"
     if isinstance(raw, list):
-        if not raw or not all(isinstance(v, Scalar) for v in raw):
-            raise ValueError(f"{where}: a list needs at least one value, each a number, string or boolean")
+        if not raw or not all(isinstance(v, Scalar) and (_number(v) or not isinstance(v, float)) for v in raw):
+            raise ValueError(f"{where}: a list needs at least one value, each a finite number, string or boolean")
         return Categorical(tuple(raw))
     if isinstance(raw, dict) and set(raw) == {"lr_find"}:
         multiples = raw["lr_find"]
@@ -56,7 +57,10 @@ def parse_dimension(key: str, raw: Any) -> Dimension:
         if not isinstance(multiples, list) or not multiples or not all(_positive(m) for m in multiples):
             raise ValueError(f"{where}.lr_find: a list of positive numbers, e.g. [0.3, 1, 3]")
         return LrFindMultiples(tuple(float(m) for m in multiples))
-    if isinstance(raw, dict) and {"low", "high"} <= set(raw) <= {"low", "high", "log", "step"}:
+    if isinstance(raw, dict) and {"low", "high"} <= set(raw):
+        unknown = sorted(map(str, set(raw) - {"low", "high", "log", "step"}))
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r}; a range allows low, high, log, step")
         low, high, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
         if not (_number(low) and _number(high) and low < high):
             raise ValueError(f"{where}: low and high must be numbers with low < high (got {low!r}, {high!r})")
@@ -65,6 +69,8 @@ def parse_dimension(key: str, raw: Any) -> Dimension:
         if step is not None and (not _positive(step) or log):
             raise ValueError(f"{where}: step must be a positive number, and cannot be combined with log")
         integer = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+        if integer and step is not None and not isinstance(step, int):
+            raise ValueError(f"{where}: an integer range needs an integer step (got {step!r})")
         return Range(low, high, log, step, integer)
     raise ValueError(
         f"{where}: expected a list of values, {{low, high[, log][, step]}} or {{lr_find: [multiples]}} (got {raw!r})"
@@ -122,7 +128,7 @@ def endpoints(dimension: Dimension) -> tuple[Scalar, ...]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive(value: Any) -> bool:

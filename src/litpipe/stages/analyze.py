@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> None:
     meta = load_meta()
-    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
+    model = Classifier.from_checkpoint(paths.BEST_CKPT)
     test = load_split("test")
     logits, activations = model.forward_with_activations(test.x)
     activations = {name: values.flatten(1) for name, values in activations.items()}

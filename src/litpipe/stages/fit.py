@@ -8,7 +8,6 @@ with the same columns as the search trials, plus the test accuracy of the saved 
 """
 
 import logging
-import shutil
 from collections.abc import Sequence
 
 import pandas as pd
@@ -18,14 +17,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from litpipe import paths, plots, training
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
-from litpipe.errors import StageError
+from litpipe.errors import ConfigError, StageError
 from litpipe.io import atomic_path, read_json, write_json
 from litpipe.models.classifier import MONITOR, Classifier
 from litpipe.observe.monitors import ACTIVATION_COLUMNS
 from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run
+from litpipe.preemption import Preempted, Preemption, discard, fingerprint, resume_point
 from litpipe.training import (
-    Preempted,
-    Preemption,
     StochasticWeightAveraging,
     TrainingRun,
     build_model,
@@ -36,9 +34,11 @@ from litpipe.training import (
 log = logging.getLogger(__name__)
 
 
-def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] = ()) -> TrainingRun:
+def assemble(
+    params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] = (), identity: str = ""
+) -> TrainingRun:
     """The fit's Trainer: the shared training run plus weight averaging, the best checkpoint and
-    preemption (`litpipe bench` times exactly this)."""
+    preemption, whose resume checkpoint carries `identity` (`litpipe bench` times exactly this)."""
     checkpoint = ModelCheckpoint(
         dirpath=paths.BEST_CKPT.parent,
         filename=paths.BEST_CKPT.stem,
@@ -57,7 +57,7 @@ def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] 
         probe,
         params.train.max_epochs,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.
-        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, Preemption(paths.RESUME_CKPT), *callbacks],
+        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, *callbacks, Preemption(identity)],
         distributed=True,
         enable_checkpointing=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
@@ -66,22 +66,24 @@ def assemble(params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] 
 
 def run(params: Params) -> None:
     searched = read_json(paths.SEARCH_BEST)["params"]
-    params = params.override(searched)
+    try:
+        params = params.override(searched)
+    except ConfigError as error:
+        raise StageError(f"{paths.SEARCH_BEST}: {error}; run the search again") from None
     seed_everything(params.seed)
     meta, data = load_meta(), PreparedData.from_params(params)
     model = build_model(params, meta)
-    fit = assemble(params, load_split("val").head(params.observe.probe_size).x)
+    identity = fingerprint(params, meta)
+    fit = assemble(params, load_split("val").head(params.observe.probe_size).x, identity=identity)
     trainer, tensorboard, history, swa_start = fit.trainer, fit.tensorboard, fit.history, swa_start_epoch(params)
     provenance = describe_run(tensorboard, params, model)
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=resume_from())
+        trainer.fit(model, datamodule=data, ckpt_path=resume_point(identity), weights_only=True)
     except Preempted as stop:
-        shutil.copy2(paths.BEST_CKPT, paths.RESUME_BEST_CKPT)  # orchestrators delete outputs before a re-run
         raise StageError(f"fit preempted by {stop}; run the stage again to resume") from None
     if not trainer.is_global_zero:
         return  # under DDP the first process writes the results
-    paths.RESUME_CKPT.unlink(missing_ok=True)
-    paths.RESUME_BEST_CKPT.unlink(missing_ok=True)
+    discard()
     test_acc = test_accuracy_of_checkpoint(params, data, tensorboard)
 
     table = pd.DataFrame(history.rows)
@@ -121,22 +123,13 @@ def run(params: Params) -> None:
     fit.end_session(test_acc)
 
 
-def resume_from() -> str | None:
-    """The checkpoint of a preempted earlier run, if any; its best checkpoint comes back with it."""
-    if not paths.RESUME_CKPT.exists():
-        return None
-    shutil.copy2(paths.RESUME_BEST_CKPT, paths.BEST_CKPT)
-    log.info("resuming the preempted fit from %s", paths.RESUME_CKPT)
-    return str(paths.RESUME_CKPT)
-
-
 def swa_start_epoch(params: Params) -> int:
     return max(0, round(params.train.swa_epoch_start * params.train.max_epochs) - 1)
 
 
 def test_accuracy_of_checkpoint(params: Params, data: PreparedData, tensorboard) -> float:
     """Test accuracy of models/best.ckpt, for the HPARAMS table; the test stage re-checks it in a fresh process."""
-    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu")
+    model = Classifier.from_checkpoint(paths.BEST_CKPT)
     (result,) = make_trainer(params, logger=tensorboard).test(model, datamodule=data, verbose=False)
     log.info("test accuracy of the checkpoint: %.4f", result["test/acc"])
     return result["test/acc"]

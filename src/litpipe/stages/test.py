@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> None:
     seed_everything(params.seed)
-    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu")
+    model = Classifier.from_checkpoint(paths.BEST_CKPT)
     trainer = make_trainer(params)
     (result,) = trainer.test(model, datamodule=PreparedData.from_params(params), verbose=False)
     metrics = {"accuracy": result["test/acc"], "loss": result["test/loss"], "samples": load_meta()["sizes"]["test"]}
