@@ -113,10 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             getattr(stage, part)(params)
     except StageError as error:
-        log.error("%s failed: %s", task, error)
+        log.error("%s failed: %s", task, " ".join(str(error).split()))  # one line, whatever a library said
         return 1
     except FileNotFoundError as error:  # an input read outside a repository, where dvc.yaml cannot name its stage
         log.error("%s failed: %s: not found", task, error.filename)
+        return 1
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            raise
+        # Lightning stops a Trainer on SIGTERM with SystemExit and no status: the stage did not finish.
+        log.error("%s stopped by SIGTERM before it finished", task)
         return 1
     seconds = time.perf_counter() - started
     if whole:  # recorded for the report, which totals them and suggests SLURM time limits

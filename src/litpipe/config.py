@@ -8,6 +8,7 @@ rather than the last one winning. The file is read as YAML 1.2, as DVC reads it:
 `off` and `yes` are strings.
 """
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -292,14 +293,17 @@ def _refuse_duplicate_keys(node: yaml.Node, where: str = "") -> None:
 
 
 def describe(error: ValidationError) -> str:
-    """The first validation problem as 'key: what is allowed (got value)'."""
-    first = error.errors()[0]
+    """The first validation problem as 'key: what is allowed (got value)'; an unknown key first, since a
+    misspelt key is also a missing one."""
+    first = min(error.errors(), key=lambda problem: problem["type"] != "extra_forbidden")
     key = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
         section = _section_model(first["loc"][:-1])
-        allowed = ", ".join(section.model_fields) if section else "see params.yaml"
-        message = f"{key}: unknown key; allowed: {allowed}"
+        allowed = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(first["loc"][-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        message = f"{key}: unknown key{hint}; allowed: {', '.join(allowed) or 'see params.yaml'}"
     elif kind == "missing":
         message = f"{key}: missing"
     elif kind == "value_error":

@@ -43,8 +43,9 @@ class Preempted(Exception):
 class Preemption(Callback):
     """Catches SIGUSR1 and SIGTERM during training and stops at the end of the epoch in progress, after
     saving models/resume.ckpt and a copy of the best checkpoint (orchestrators delete a failed job's
-    outputs). Its handlers replace Lightning's for the fit (Lightning restores them afterwards):
-    Lightning's SIGTERM handling would stop the loop, even mid-validation, without keeping the progress.
+    outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM handling would stop the
+    loop, even mid-validation, without keeping the progress. After training they stay, so a signal while
+    the fit writes its results lets it finish them.
     Keep it the last callback: its checkpoint must come after every other callback's epoch-end work."""
 
     def __init__(self, fingerprint: str) -> None:
@@ -53,12 +54,22 @@ class Preemption(Callback):
         self._saving = False
         self._restored_rng: dict[str, Any] | None = None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Before Lightning installs its own handlers, which then call this one too: a signal that comes
+        # while the fit gets ready is not lost (Lightning alone would stop at the end of the first epoch
+        # with SystemExit, exit status 0).
+        self._listen()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # on_train_start runs after Lightning installed its handlers (on_fit_start runs before).
-        for signum in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(signum, lambda received, frame: setattr(self, "signal", signal.Signals(received).name))
+        if self.signal:  # came before training: there is nothing new to save
+            raise Preempted(f"{self.signal} before training started; nothing new to save")
+        self._listen()  # on_train_start runs after Lightning installed its handlers: replace them
         if self._restored_rng is not None:  # the last moment before the first resumed batch
             set_random_states(self._restored_rng)
+
+    def _listen(self) -> None:
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, lambda received, frame: setattr(self, "signal", signal.Signals(received).name))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.signal:

@@ -32,8 +32,9 @@ def _open(cls: type[datasets.MNIST], root: str, train: bool) -> datasets.MNIST:
     try:
         return cls(root, train=train, download=True)
     except (RuntimeError, OSError) as error:
+        reason = str(error).splitlines()[0].rstrip(":")  # torchvision lists every mirror it tried, line by line
         raise StageError(
-            f"{cls.__name__} is not under {root}/{cls.__name__}/raw and could not be downloaded ({error})"
+            f"{cls.__name__} is not under {root}/{cls.__name__}/raw and could not be downloaded ({reason})"
         ) from None
 
 

@@ -50,17 +50,20 @@ def parse_dimension(key: str, raw: Any) -> Dimension:
         if not raw or not all(isinstance(v, Scalar) and (_number(v) or not isinstance(v, float)) for v in raw):
             raise ValueError(f"{where}: a list needs at least one value, each a finite number, string or boolean")
         return Categorical(tuple(raw))
-    if isinstance(raw, dict) and set(raw) == {"lr_find"}:
+    if isinstance(raw, dict) and "lr_find" in raw:
+        if set(raw) != {"lr_find"}:
+            raise ValueError(f"{where}: unknown key {min(map(str, set(raw) - {'lr_find'}))!r} beside lr_find")
         multiples = raw["lr_find"]
         if key != "optim.lr":
             raise ValueError(f"{where}: lr_find multiples apply to optim.lr only")
         if not isinstance(multiples, list) or not multiples or not all(_positive(m) for m in multiples):
             raise ValueError(f"{where}.lr_find: a list of positive numbers, e.g. [0.3, 1, 3]")
         return LrFindMultiples(tuple(float(m) for m in multiples))
-    if isinstance(raw, dict) and {"low", "high"} <= set(raw):
+    if isinstance(raw, dict):
         unknown = sorted(map(str, set(raw) - {"low", "high", "log", "step"}))
-        if unknown:
-            raise ValueError(f"{where}: unknown key {unknown[0]!r}; a range allows low, high, log, step")
+        if unknown or not {"low", "high"} <= set(raw):
+            problem = f"unknown key {unknown[0]!r}" if unknown else "a range needs low and high"
+            raise ValueError(f"{where}: {problem}; a range is {{low, high[, log][, step]}}")
         low, high, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
         if not (_number(low) and _number(high) and low < high):
             raise ValueError(f"{where}: low and high must be numbers with low < high (got {low!r}, {high!r})")

@@ -80,7 +80,8 @@ def run(params: Params) -> None:
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume_point(identity), weights_only=True)
     except Preempted as stop:
-        raise StageError(f"fit preempted by {stop}; run the stage again to resume") from None
+        again = "run the stage again to resume" if paths.RESUME_CKPT.exists() else "run the stage again"
+        raise StageError(f"fit preempted by {stop}; {again}") from None
     if not trainer.is_global_zero:
         return  # under DDP the first process writes the results
     discard()
