@@ -117,6 +117,18 @@ FAST = {
 STAGES = ["prepare", "sanity", "lr_find", "search", "fit", "test", "analyze", "report"]
 
 
+def chromium() -> str:
+    """Debian's headless Chromium, driven through playwright, for the tests that open the report."""
+    path = shutil.which("chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        missing("needs Debian's chromium and the playwright package")
+    return path
+
+
 def require_module(name: str) -> None:
     """An optional Python package the tests exercise (installed by `make test` through the dev extra)."""
     if importlib.util.find_spec(name) is None:

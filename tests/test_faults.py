@@ -33,10 +33,10 @@ from litpipe.stages import prepare
 from .helpers import (
     ROOT,
     assert_checkpoint_is_averaged,
+    chromium,
     copy_repo,
     copy_workspace,
     edit_params,
-    missing,
     require_tool,
     run,
     tool_env,
@@ -384,17 +384,6 @@ INJECTED = {
     "trial state": (TRIAL_STATE, "[...document.querySelectorAll('i')].some(e => /lost/i.test(e.textContent))"),
     "experiment name": (EXPERIMENT, "[...document.querySelectorAll('s')].some(e => e.textContent === 'exp-1')"),
 }  # fmt: skip
-
-
-def chromium() -> str:
-    path = shutil.which("chromium")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        path = None
-    if path is None:
-        missing("needs Debian's chromium and the playwright package")
-    return path
 
 
 def inject_markup(repo: Path) -> None:

@@ -1,11 +1,10 @@
 """The report a reviewer reads, opened in headless Chromium with the network off."""
 
 import json
-import shutil
 
 import pytest
 
-from .helpers import missing
+from .helpers import chromium
 
 pytestmark = pytest.mark.integration
 
@@ -13,17 +12,6 @@ SECTIONS = [
     "Summary", "Data", "Sanity checks", "Learning-rate finder", "Hyperparameter search", "Final fit", "Test",
     "Residual analysis", "Activation analysis", "Runtime", "Experiments",
 ]  # fmt: skip
-
-
-def chromium() -> str:
-    path = shutil.which("chromium")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        path = None
-    if path is None:
-        missing("needs Debian's chromium and the playwright package")
-    return path
 
 
 def test_report_opens_offline_with_every_image_and_no_console_error(pipeline, tmp_path):
