@@ -35,7 +35,7 @@ def test_two_process_ddp_fit_on_cpu(tmp_path, monkeypatch, default_params):
     result = subprocess.run(["litpipe", "fit"], env=tool_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 1/2" in result.stdout and "MEMBER: 2/2" in result.stdout
-    checkpoint = torch.load(paths.BEST_CKPT, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(paths.BEST_CKPT, map_location="cpu", weights_only=True)
     train_size = json.loads(paths.META.read_text())["sizes"]["train"]
     steps_per_epoch = math.ceil((train_size // 2) / params.train.batch_size)  # half the data per process
     assert checkpoint["global_step"] == (checkpoint["epoch"] + 1) * steps_per_epoch
