@@ -81,7 +81,9 @@ def test_unknown_key_lists_the_allowed_keys(tmp_path, default_params):
 def test_unknown_section_and_missing_key(tmp_path, default_params):
     params = copy.deepcopy(default_params)
     params["optimiser"] = {}
-    with pytest.raises(ConfigError, match="optimiser: unknown key \\(did you mean optim\\?\\); allowed: seed, data, model"):
+    with pytest.raises(
+        ConfigError, match="optimiser: unknown key \\(did you mean optim\\?\\); allowed: seed, data, model"
+    ):
         load_params(write(tmp_path, params))
     params = copy.deepcopy(default_params)
     del params["train"]["max_epochs"]

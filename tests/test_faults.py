@@ -190,7 +190,7 @@ def test_a_missing_dataset_is_one_line_naming_where_it_looked(prepared, tmp_path
     assert (workspace / paths.META).read_bytes() == (prepared / paths.META).read_bytes()
 
 
-@pytest.mark.parametrize("accelerator", ["gpu", "cuda", "mps"])
+@pytest.mark.parametrize("accelerator", ["cuda", "mps"])
 def test_a_device_that_is_not_there_is_one_line(prepared, tmp_path, accelerator):
     if (
         accelerator in ("gpu", "cuda")
@@ -317,29 +317,31 @@ def interrupt(workspace: Path, signum: signal.Signals, progress: str) -> str:
     wait_until(lambda: progress in fit_log(workspace) or fit.poll() is not None, 120, f"'{progress}' in the log")
     assert fit.poll() is None, "the fit ended before it could be interrupted"
     fit.send_signal(signum)
-    assert fit.wait(timeout=120) != 0
+    code = fit.wait(timeout=120)
     (workspace / paths.BEST_CKPT).unlink(missing_ok=True)  # as DVC and Snakemake delete a failed job's outputs
-    return (workspace / "interrupted.out").read_text()
+    output = (workspace / "interrupted.out").read_text()
+    assert "Traceback" not in output, output[-3000:]
+    if progress.startswith("epoch"):  # during training: stopped at the epoch's end, with a checkpoint
+        assert code == 1 and f"fit preempted by {signum.name}" in output and "run the stage again to resume" in output
+    else:  # while getting ready: killed before the fit listens for signals, or stopped before training
+        assert code == -signum or code == 1 and f"fit preempted by {signum.name}" in output, output[-3000:]
+    return output
 
 
 @pytest.mark.parametrize(
     "interruptions",
     [
-        [(signal.SIGUSR1, "epoch 1/")],  # before the average holds anything
-        [(signal.SIGTERM, "epoch 5/")],  # with weights averaged
-        [(signal.SIGTERM, "epoch 2/"), (signal.SIGUSR1, "epoch 6/")],  # twice, each resumed
+        # before the average holds anything, then with weights averaged; each resumed
+        [(signal.SIGUSR1, "epoch 1/"), (signal.SIGTERM, "epoch 5/")],
         [(signal.SIGTERM, "data: resident")],  # while the fit gets ready: nothing saved, started over
-        [(signal.SIGUSR1, "epoch 3/"), (signal.SIGTERM, "resuming the preempted fit")],  # while resuming
+        [(signal.SIGTERM, "epoch 3/"), (signal.SIGUSR1, "resuming the preempted fit")],  # while resuming
     ],
-    ids=["usr1-early", "term-averaged", "twice", "term-at-setup", "term-while-resuming"],
+    ids=["usr1-then-term-averaged", "term-at-setup", "usr1-while-resuming"],
 )
 def test_an_interrupted_fit_ends_with_the_uninterrupted_numbers(ready, fitted, tmp_path, interruptions):
     workspace = copy_workspace(ready, tmp_path / "workspace")
     for signum, progress in interruptions:
-        output = interrupt(workspace, signum, progress)
-        assert "Traceback" not in output and f"fit preempted by {signum.name}" in output or "data:" in progress
-        if progress.startswith("epoch"):
-            assert "run the stage again to resume" in output
+        interrupt(workspace, signum, progress)
         resumable = (workspace / paths.RESUME_CKPT).exists()
         assert resumable == (workspace / paths.RESUME_BEST_CKPT).exists()
         assert resumable == any(progress.startswith("epoch") for _, progress in interruptions)

@@ -86,7 +86,11 @@ def test_space_kinds_parse():
             {"space": {"model.width": {"lr_find": [1]}}},
             "search.space.model.width: lr_find multiples apply to optim.lr only",
         ),
-        ({"space": {"model.width": {"low": 8}}}, "search.space.model.width: expected a list of values"),
+        ({"space": {"model.width": {"low": 8}}}, "search.space.model.width: a range needs low and high"),
+        (
+            {"space": {"model.width": [8, 16], "model.depth": "1"}},
+            "search.space.model.depth: expected a list of values",
+        ),
         ({"space": {"model.dropout": {"low": 0.5, "high": 0.1}}, "sampler": "tpe"}, "low < high"),
         ({"space": {"model.dropout": [0.1, 1.5]}}, "search.space.model.dropout: value 1.5"),
         ({"storage": "sqlite:///study.db", "n_workers": 2}, "SQLite cannot be shared by parallel workers"),

@@ -296,11 +296,11 @@ class SlurmJobStates:
 
 
 @pytest.mark.integration
-def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
+def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(local_run, tmp_path):
     slurm_cluster()
-    repo = copy_repo(tmp_path / "repo")
-    space = {"model.width": [8, 12, 16, 24, 32, 48], "model.depth": [1, 2]}
-    edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 10, "search.pruner": "none"})
+    repo = copy_workspace(local_run, tmp_path / "repo")  # with a new search space, only the search re-runs
+    space = {"model.width": [8, 16, 32], "model.depth": [1, 2]}
+    edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 6, "search.pruner": "none"})
     # Up to the search only: the rest of the DAG under SLURM is the test above's. Output to a file: a pipe
     # nobody reads while Snakemake runs would block it once full.
     with (tmp_path / "snakemake.out").open("w") as output:
@@ -327,7 +327,7 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
         jobs_of_workers[pid] = variables["SLURM_JOB_ID"]
         return pid
 
-    victim, pid = freeze_a_worker_mid_trial(repo, worker_in_a_job, 10, lambda: started.poll() is None)
+    victim, pid = freeze_a_worker_mid_trial(repo, worker_in_a_job, 6, lambda: started.poll() is None)
     run(["scancel", jobs_of_workers[pid]], repo)  # SLURM continues the stopped worker and sends it SIGTERM
     assert started.wait(timeout=600) != 0
     output = (tmp_path / "snakemake.out").read_text()
@@ -345,11 +345,11 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(tmp_path):
         if t.state in (TrialState.WAITING, TrialState.COMPLETE)
     ]
     before = completed_trials(repo, params)
-    assert 0 < len(before) <= 12
+    assert 0 < len(before) <= 6
 
     run(snakemake_on_slurm("search"), repo)  # the re-run: the cancelled worker's job again, then the collect
     after = completed_trials(repo, params)
-    assert len(after) == 12 and len({p for p, _ in after.values()}) == 12  # every point exactly once
+    assert len(after) == 6 and len({p for p, _ in after.values()}) == 6  # every point exactly once
     assert all(after[number] == done for number, done in before.items())  # completed trials kept, not re-run
 
 
