@@ -201,8 +201,9 @@ def test_a_device_that_is_not_there_is_one_line(prepared, tmp_path, accelerator)
         pytest.skip(f"this machine has a {accelerator} device")
     workspace = copy_workspace(prepared, tmp_path / "workspace")
     edit_params(workspace, {"train.accelerator": accelerator})
-    assert_one_line_failure(litpipe(["sanity"], workspace), 1, f"train.accelerator: {accelerator}")
-    assert not (workspace / "results/sanity").exists()
+    before = snapshot(workspace)
+    assert_one_line_failure(litpipe(["sanity"], workspace), 1, f"train.accelerator: {accelerator}, but")
+    assert_unchanged(workspace, before)
 
 
 # --- damaged data and checkpoints: one line naming the file; nothing in a pickle runs --------------------

@@ -26,6 +26,8 @@ STAGES = {
     "report": "Execute the report notebook and write reports/report.html.",
 }
 
+ON_DEVICE = {"sanity", "lr_find", "search", "fit", "test"}  # the stages that train or evaluate on train.accelerator
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="litpipe", description="Run one stage of the litpipe pipeline.")
@@ -86,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"litpipe: {error}", file=sys.stderr)
         return 2
-    # Before the log is opened: a stage run out of order changes nothing, its last log included.
+    # Before the log is opened: a stage run out of order, or on a device this machine lacks, changes
+    # nothing, its last log included.
     missing = dag.missing_input(args.stage)
+    if not missing and args.stage in ON_DEVICE:
+        from litpipe import resources  # imports torch, as the stage would
+
+        missing = resources.missing_device(params.train.accelerator, params.train.devices if args.stage == "fit" else 1)
     if missing:
         print(f"litpipe: {missing}", file=sys.stderr)
         return 1

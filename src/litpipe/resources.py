@@ -117,3 +117,18 @@ def cuda_mps(workers_per_gpu: int, setting: str) -> Iterator[dict[str, str]]:
             yield env
         finally:
             subprocess.run([MPS_CONTROL], input="quit\n", env=daemon_env, capture_output=True, text=True, check=False)
+
+
+def missing_device(accelerator: str, devices: int) -> str | None:
+    """Why `devices` devices of `accelerator` (train.accelerator) cannot be had on this machine, in one
+    line; None when they can. Asked before a stage opens its log, so a wrong device changes nothing."""
+    where = f"train.accelerator: {accelerator}"
+    if accelerator in ("gpu", "cuda"):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found == 0:
+            return f"{where}, but this machine has no CUDA GPU (torch sees none); use auto or cpu"
+        if devices > found:
+            return f"{where} with train.devices: {devices}, but this machine has {found} CUDA GPU(s)"
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return f"{where}, but this machine has no Apple GPU (torch.backends.mps is not available); use auto or cpu"
+    return None
