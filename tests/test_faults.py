@@ -65,8 +65,12 @@ def assert_one_line_failure(result: subprocess.CompletedProcess, code: int, *nam
         assert name in result.stderr, result.stderr
 
 
-def assert_unchanged(workspace: Path, before: dict[str, bytes | None]) -> None:
+def assert_unchanged(workspace: Path, before: dict[str, bytes | None], failed_log: str | None = None) -> None:
+    """No file created, removed or rewritten; but for `failed_log`, the failed stage's log, when it ran."""
     after = snapshot(workspace)
+    if failed_log:
+        assert "failed" in (workspace / failed_log).read_text()
+        del after[failed_log]
     assert after.keys() == before.keys(), "files created or removed"
     assert [name for name in before if after[name] != before[name]] == [], "files rewritten"
 
@@ -185,9 +189,10 @@ def test_a_stage_run_too_early_names_what_is_missing_and_what_makes_it(
 def test_a_missing_dataset_is_one_line_naming_where_it_looked(prepared, tmp_path, dataset, root):
     workspace = copy_workspace(prepared, tmp_path / "workspace")
     edit_params(workspace, {"data.dataset": dataset, "data.root": root})
+    before = snapshot(workspace)
     result = litpipe(["prepare"], workspace)
     assert_one_line_failure(result, 1, "prepare failed", root)
-    assert (workspace / paths.META).read_bytes() == (prepared / paths.META).read_bytes()
+    assert_unchanged(workspace, before, failed_log="logs/prepare.failed.log")
 
 
 @pytest.mark.parametrize("accelerator", ["cuda", "mps"])
@@ -257,8 +262,7 @@ def test_a_damaged_file_is_one_line_naming_it(fitted, tmp_path, damaged, damage,
     result = litpipe(["test"], workspace)
     assert_one_line_failure(result, 1, f"test failed: {damaged}", said)
     assert not (workspace / "models/ran").exists(), "the checkpoint's pickle ran code"
-    assert {name for name in snapshot(workspace)} == set(before)  # the metrics of the last good test stay
-    assert (workspace / paths.TEST_METRICS).read_bytes() == before[str(paths.TEST_METRICS)]
+    assert_unchanged(workspace, before, failed_log="logs/test.failed.log")  # the last good test's outputs stay
 
 
 # --- interruptions: SIGTERM or SIGUSR1 anywhere in a fit, and the re-run ends with the same numbers -------
@@ -617,6 +621,6 @@ def test_unreachable_study_database_stops_search_with_one_line(workspace, storag
     assert len(lines) == 1, result.stderr
     assert shown in lines[0] and "cannot be reached" in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
-    assert PASSWORD not in result.stderr + result.stdout + Path("logs/search.log").read_text()
+    assert PASSWORD not in result.stderr + result.stdout + Path("logs/search.failed.log").read_text()
     after = sorted(search_dir.rglob("*")) if search_dir.exists() else []
     assert after == before

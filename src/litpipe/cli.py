@@ -11,9 +11,13 @@ import os
 import sys
 import time
 import warnings
-from typing import TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from litpipe import paths
+
+if TYPE_CHECKING:
+    from litpipe.config import Params
 
 STAGES = {
     "prepare": "Load the dataset, split it, store tensors and meta.json.",
@@ -80,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from litpipe import dag
     from litpipe.config import load_params
-    from litpipe.errors import ConfigError, StageError
-    from litpipe.io import write_json
+    from litpipe.errors import ConfigError
 
     try:
         params = load_params(args.params)
@@ -104,10 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     rank = process_rank()
     if rank:  # a DDP process that Lightning started: a log of its own, and no timing
         task, whole = f"{task}.rank{rank}", False
-    log_to(paths.log_file(task))
+    log_file = paths.log_file(task)
+    previous = set_aside(log_file)
+    code = 1
+    try:
+        log_to(log_file)
+        code = run_stage(args.stage, part, getattr(args, "worker", 0), params, task, whole)
+    finally:
+        settle_log(log_file, previous, succeeded=code == 0)
+    return code
+
+
+def run_stage(name: str, part: str | None, worker: int, params: "Params", task: str, whole: bool) -> int:
+    """Run the stage (or one part of it); its one-line error and exit status when it fails."""
+    from litpipe.errors import StageError
+    from litpipe.io import write_json
+
     log = logging.getLogger("litpipe")
     started = time.perf_counter()
-    stage = importlib.import_module(f"litpipe.stages.{args.stage}")
+    stage = importlib.import_module(f"litpipe.stages.{name}")
     from litpipe import resources  # imports torch, as every stage does
 
     resources.use_cpu_share()
@@ -116,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if part is None:
             stage.run(params)
         elif part == "worker":
-            stage.worker(params, args.worker)
+            stage.worker(params, worker)
         else:
             getattr(stage, part)(params)
     except StageError as error:
@@ -133,9 +151,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seconds = time.perf_counter() - started
     if whole:  # recorded for the report, which totals them and suggests SLURM time limits
-        write_json(paths.timing_file(args.stage), {"stage": args.stage, "seconds": round(seconds, 2)})
+        write_json(paths.timing_file(name), {"stage": name, "seconds": round(seconds, 2)})
     log.info("%s finished in %.1f s", task, seconds)
     return 0
+
+
+def set_aside(log_file: Path) -> Path | None:
+    """Move the last run's log out of the way (this run's log is written where it was, to be followed
+    live); `settle_log` puts it back if this run fails."""
+    if not log_file.exists():
+        return None
+    previous = log_file.with_name(f".{log_file.name}.previous")
+    os.replace(log_file, previous)
+    return previous
+
+
+def settle_log(log_file: Path, previous: Path | None, succeeded: bool) -> None:
+    """A failed run changes no output, the last log included: its own log becomes <task>.failed.log."""
+    if succeeded:
+        if previous:
+            previous.unlink(missing_ok=True)
+        return
+    if log_file.exists():
+        os.replace(log_file, paths.failed_log_file(log_file))
+    if previous:
+        os.replace(previous, log_file)
 
 
 def run_bench(args: argparse.Namespace) -> int:

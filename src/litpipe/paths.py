@@ -75,6 +75,11 @@ def log_file(stage: str) -> Path:
     return LOGS / f"{stage}.log"
 
 
+def failed_log_file(log: Path) -> Path:
+    """Where the log of a run that failed goes (logs/fit.failed.log), leaving the last good one in place."""
+    return log.with_suffix(".failed.log")
+
+
 def timing_file(stage: str) -> Path:
     return TIMING / f"{stage}.json"
 

@@ -4,6 +4,9 @@ An existing copy under `data.root` (torchvision's layout: <root>/<ClassName>/raw
 as is; otherwise torchvision downloads it, which needs network access.
 """
 
+import contextlib
+from pathlib import Path
+
 import torch
 from torchvision import datasets
 
@@ -29,9 +32,14 @@ def _open(cls: type[datasets.MNIST], root: str, train: bool) -> datasets.MNIST:
         return cls(root, train=train, download=False)
     except RuntimeError:
         pass  # not on disk yet
+    folders = [Path(root), Path(root) / cls.__name__, Path(root) / cls.__name__ / "raw"]
+    made = [folder for folder in folders if not folder.exists()]
     try:
         return cls(root, train=train, download=True)
     except (RuntimeError, OSError) as error:
+        for folder in reversed(made):  # a failed download leaves only the folders it made: remove them
+            with contextlib.suppress(OSError):  # not empty: something was downloaded after all
+                folder.rmdir()
         reason = str(error).splitlines()[0].rstrip(":")  # torchvision lists every mirror it tried, line by line
         raise StageError(
             f"{cls.__name__} is not under {root}/{cls.__name__}/raw and could not be downloaded ({reason})"
