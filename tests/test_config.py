@@ -45,8 +45,14 @@ def test_repository_params_are_valid():
             "data",
             "dataset",
             "cifar",
-            "data.dataset: unknown dataset 'cifar'; allowed: digits, mnist, fashion_mnist, kmnist, synthetic_mnist",
+            "data.dataset: unknown dataset 'cifar'; allowed: digits, folder, mnist, fashion_mnist, kmnist, cifar10, "
+            "synthetic_mnist",
         ),
+        ("data", "image_size", 0, "data.image_size: input should be greater than or equal to 1"),
+        ("data", "image_size", "28", "data.image_size: input should be a valid integer"),
+        ("train", "resident_max_mb", -1, "train.resident_max_mb: input should be greater than or equal to 0"),
+        ("train", "augment_flip", "yes", "train.augment_flip: input should be a valid boolean"),
+        ("train", "augment_crop", -2, "train.augment_crop: input should be greater than or equal to 0"),
         ("data", "test_fraction", 1.5, "data.test_fraction: input should be less than 1"),
         ("train", "precision", "fp16", "train.precision: input should be '32-true', 'bf16-mixed' or '16-mixed'"),
         ("train", "precision", 32, "train.precision: input should be '32-true', 'bf16-mixed' or '16-mixed' (got 32)"),
@@ -157,7 +163,7 @@ def test_cli_exits_2_with_one_line_before_touching_outputs(
     workspace = copy_workspace(prepared, tmp_path / "workspace")
     write(workspace, modified(default_params, "optim", key, value))
     before = snapshot(workspace)
-    assert {"data/prepared/meta.json", "data/prepared/train.pt", "logs/prepare.log"} <= set(before)
+    assert {"data/prepared/meta.json", "data/prepared/train-images.npy", "logs/prepare.log"} <= set(before)
     result = subprocess.run(["litpipe", stage], cwd=workspace, env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr

@@ -61,8 +61,8 @@ def test_digits_split_is_stratified_complete_and_documented(workspace, default_p
         assert not taken[first] & taken[second], (first, second)
     # Normalisation stats come from the training split alone.
     assert meta["mean"][0] == pytest.approx(splits["train"].x.double().mean().item())
-    for name in paths.SPLITS:
-        assert meta["sha256"][name] == hashlib.sha256(paths.split_file(name).read_bytes()).hexdigest()
+    files = [file for name in paths.SPLITS for file in paths.split_files(name)]
+    assert meta["sha256"] == {file.name: hashlib.sha256(file.read_bytes()).hexdigest() for file in files}
 
 
 def test_split_depends_on_split_seed_only(workspace, default_params):
@@ -71,7 +71,7 @@ def test_split_depends_on_split_seed_only(workspace, default_params):
     prepare.run(Params.model_validate(default_params).override({"seed": 123, "data.split_seed": 0}))
     assert load_meta()["sha256"] == first  # the training seed does not move the split
     prepare.run(params_with(default_params, split_seed=1))
-    assert load_meta()["sha256"]["test"] != first["test"]
+    assert load_meta()["sha256"]["test-images.npy"] != first["test-images.npy"]
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

@@ -231,7 +231,7 @@ def truncate(path: Path) -> None:
 
 def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # in the middle: tensor data, which torch's archive does not checksum
+    data[len(data) // 2] ^= 0xFF  # in the middle: tensor data, which neither torch's archive nor .npy checksums
     path.write_bytes(bytes(data))
 
 
@@ -249,11 +249,11 @@ def not_json(path: Path) -> None:
         (paths.BEST_CKPT, truncate, "truncated or damaged"),
         (paths.BEST_CKPT, flip_a_byte, "do not match their checksum"),
         (paths.BEST_CKPT, code_in_pickle, "refused"),
-        (paths.split_file("test"), truncate, "do not match the SHA-256"),
-        (paths.split_file("test"), flip_a_byte, "do not match the SHA-256"),
+        (paths.split_files("test")[0], truncate, "do not match the SHA-256"),
+        (paths.split_files("test")[1], flip_a_byte, "do not match the SHA-256"),
         (paths.META, not_json, "not valid JSON"),
     ],
-    ids=["ckpt-truncated", "ckpt-flipped", "ckpt-runs-code", "split-truncated", "split-flipped", "meta-not-json"],
+    ids=["ckpt-truncated", "ckpt-flipped", "ckpt-runs-code", "images-truncated", "labels-flipped", "meta-not-json"],
 )
 def test_a_damaged_file_is_one_line_naming_it(fitted, tmp_path, damaged, damage, said):
     workspace = copy_workspace(fitted, tmp_path / "workspace")

@@ -37,6 +37,7 @@ class DataParams(Section):
     test_fraction: Fraction
     val_fraction: Fraction
     split_seed: Seed
+    image_size: Annotated[int, Field(ge=1, le=4096)] | None  # None: the dataset's own size
 
     @field_validator("dataset")
     @classmethod
@@ -74,7 +75,10 @@ class TrainParams(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"]
     compile: bool  # torch.compile the network for training
     data_path: Literal["auto", "resident", "loader"]  # see data/prepared.py
+    resident_max_mb: Annotated[float, Field(ge=0)]  # auto: larger splits stream through the loader
     loader_workers: Count  # DataLoader worker processes on the loader path
+    augment_flip: bool  # random horizontal flips of training images
+    augment_crop: Annotated[int, Field(ge=0, le=1024)]  # random crops: pad by this many pixels, crop back
 
     @model_validator(mode="after")
     def supported(self) -> "TrainParams":

@@ -8,12 +8,14 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 
+RAW = Path("data/raw")  # raw datasets, each tracked by DVC (`dvc add data/raw/<name>`); prepare depends on it
 PREPARED = Path("data/prepared")
 META = PREPARED / "meta.json"
 
 
-def split_file(split: str) -> Path:
-    return PREPARED / f"{split}.pt"
+def split_files(split: str) -> tuple[Path, Path]:
+    """The split's images (uint8 N x C x H x W) and labels (int64 N), as NumPy arrays."""
+    return PREPARED / f"{split}-images.npy", PREPARED / f"{split}-labels.npy"
 
 
 SPLITS = ("train", "val", "test")
@@ -88,7 +90,6 @@ def report_inputs() -> dict[str, str]:
     """What the report notebook reads, by name: its papermill parameter `paths`."""
     named = {
         "meta": META,
-        "train_split": split_file("train"),
         "sanity_summary": SANITY_SUMMARY,
         "overfit_plot": OVERFIT_PLOT,
         "profile_table": PROFILE_TABLE,

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 import torch
@@ -132,3 +133,58 @@ def missing_device(accelerator: str, devices: int) -> str | None:
     if accelerator == "mps" and not torch.backends.mps.is_available():
         return f"{where}, but this machine has no Apple GPU (torch.backends.mps is not available); use auto or cpu"
     return None
+
+
+CGROUP = Path("/sys/fs/cgroup")
+NO_LIMIT = 2**60  # what cgroup v1 reports for "unlimited" (9223372036854771712), and above
+
+
+def memory_available() -> int:
+    """Bytes of memory this process can still take: the machine's available RAM, or less when a cgroup limits
+    it (a SLURM job's --mem, a container), which psutil does not see: it reports the whole node's."""
+    available = psutil.virtual_memory().available
+    for limit, usage, reclaimable in _cgroup_memory():
+        available = min(available, limit - usage + reclaimable)
+    return max(0, available)
+
+
+def _cgroup_memory() -> Iterator[tuple[int, int, int]]:
+    """(limit, usage, reclaimable page cache) of each cgroup above this process that has a memory limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return  # not Linux
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            files, directory = ("memory.max", "memory.current", "inactive_file"), CGROUP / path.lstrip("/")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            directory = CGROUP / controllers / path.lstrip("/")
+        else:
+            continue
+        while directory.is_relative_to(CGROUP) and directory != CGROUP:
+            limit = _read_number(directory / files[0])
+            if limit is not None and limit < NO_LIMIT:
+                usage = _read_number(directory / files[1]) or 0
+                yield limit, usage, _stat(directory / "memory.stat", files[2])
+            directory = directory.parent
+
+
+def _read_number(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except OSError:
+        pass
+    return 0

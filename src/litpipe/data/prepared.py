@@ -3,29 +3,31 @@
 - resident: each split is one uint8 tensor on the training device; an epoch's batches are slices of
   it in a seeded random order. A per-sample Dataset + DataLoader costs more than a small model
   itself (see DESIGN.md), so this is the path whenever the splits fit.
-- loader: for splits that do not fit in the device's memory, a DataLoader whose workers gather each
-  batch from the memory-mapped split file, with pinned memory for the copy to a GPU.
+- loader: for splits too big for the device's memory, a DataLoader whose workers gather each batch
+  from the memory-mapped split files (prepare wrote them as NumPy arrays, a chunk at a time), with
+  pinned memory for the copy to a GPU: a split larger than the machine's memory streams from disk.
 
 Both take their sample order from the same `BatchOrder`, so a run gives the same metrics either way.
 A batch holds `steps_per_call` x `batch_size` samples, which the model takes in `batch_size` pieces
 (one optimizer step each in training; see models/classifier.py).
-`train.data_path: auto` picks resident when the splits take at most half of the device's free memory.
+`train.data_path: auto` picks resident when the splits take at most `train.resident_max_mb` and half of
+the device's free memory (under a cgroup limit, such as a SLURM job's --mem, what the limit leaves).
 """
 
 import hashlib
 import logging
-import pickle
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import psutil
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from litpipe import paths
+from litpipe import paths, resources
 from litpipe.config import Params
 from litpipe.errors import StageError
 from litpipe.io import read_json
@@ -53,23 +55,24 @@ class Split:
 
 def load_split(name: str, verify: bool = True) -> Split:
     """A prepared split, memory-mapped: pages are read from disk when used, not all at once. `verify`
-    first checks the file against the SHA-256 that prepare recorded in meta.json (DataLoader workers
-    map a file their process already checked)."""
-    path = paths.split_file(name)
+    first checks the files against the SHA-256 that prepare recorded in meta.json (DataLoader workers
+    map files their process already checked)."""
+    files = paths.split_files(name)
     if verify:
-        verify_split(path, load_meta()["sha256"].get(name))
+        digests = load_meta()["sha256"]
+        for path in files:
+            verify_file(path, digests.get(path.name))
     try:
-        tensors = torch.load(path, weights_only=True, mmap=True)
-        return Split(tensors["x"], tensors["y"])
-    except (
-        RuntimeError,
-        KeyError,
-        pickle.UnpicklingError,
-    ) as error:  # matched its checksum: written by another prepare
-        raise StageError(f"{path}: not a split that prepare wrote ({error}); run prepare again") from None
+        # Copy-on-write mappings: writable tensors without a copy (nothing writes to them).
+        x, y = (torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False)) for path in files)
+    except (OSError, ValueError) as error:  # matched its checksum: written by another prepare
+        raise StageError(f"{files[0]}: not a split that prepare wrote ({error}); run prepare again") from None
+    if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.dim() != 4 or len(x) != len(y):
+        raise StageError(f"{files[0]}: not a split that prepare wrote ({x.dtype} {tuple(x.shape)}); run prepare again")
+    return Split(x, y)
 
 
-def verify_split(path: Path, expected: str | None) -> None:
+def verify_file(path: Path, expected: str | None) -> None:
     rerun = "run `dvc repro prepare` (or `litpipe prepare`)"
     try:
         with path.open("rb") as file:
@@ -185,12 +188,13 @@ class PreparedData(pl.LightningDataModule):
         seed: int,
         path: str = "auto",
         workers: int = 0,
+        resident_max_mb: float = math.inf,
         device: torch.device | None = None,
         steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         self.batch_size, self.seed, self.steps_per_call = batch_size, seed, steps_per_call
-        self.requested_path, self.workers = path, workers
+        self.requested_path, self.workers, self.resident_max_mb = path, workers, resident_max_mb
         self.device = device or torch.device("cpu")
         self.path = ""  # "resident" or "loader", once set up
         self.splits: dict[str, Split] = {}
@@ -203,7 +207,9 @@ class PreparedData(pl.LightningDataModule):
         finder, the profiler, the bench's plain loop)."""
         train = params.train
         steps = steps_per_call or train.steps_per_call
-        return cls(train.batch_size, params.seed, train.data_path, train.loader_workers, device, steps)
+        return cls(
+            train.batch_size, params.seed, train.data_path, train.loader_workers, train.resident_max_mb, device, steps
+        )
 
     def rebatched(self, params: Params) -> "PreparedData":
         """The same loaded splits, batched as `params` says: a search trial may change the batch size."""
@@ -218,7 +224,7 @@ class PreparedData(pl.LightningDataModule):
             self.device = self.trainer.strategy.root_device
         stored = {name: load_split(name) for name in paths.SPLITS}
         needed, free = sum(split.nbytes for split in stored.values()), free_memory(self.device)
-        self.path = choose_path(self.requested_path, needed, free)
+        self.path = choose_path(self.requested_path, needed, free, self.resident_max_mb * 2**20)
         how = f"DataLoader with {self.workers} workers" if self.path == "loader" else "resident"
         log.info(
             "data: %s on %s (splits %.0f MiB, device memory free %.0f MiB)",
@@ -269,15 +275,16 @@ class PreparedData(pl.LightningDataModule):
         )
 
 
-def choose_path(requested: str, needed: int, free: int) -> str:
-    """ "resident" when the splits take at most RESIDENT_SHARE of the device's free memory, else "loader"."""
+def choose_path(requested: str, needed: int, free: int, max_resident: float = math.inf) -> str:
+    """ "resident" when the splits take at most `max_resident` bytes and RESIDENT_SHARE of the device's free
+    memory, else "loader"."""
     if requested != "auto":
         return requested
-    return "resident" if needed <= RESIDENT_SHARE * free else "loader"
+    return "resident" if needed <= min(max_resident, RESIDENT_SHARE * free) else "loader"
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on the device: GPU memory for CUDA, available RAM otherwise."""
+    """Bytes free on the device: GPU memory for CUDA, else the memory this process may still take."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    return psutil.virtual_memory().available
+    return resources.memory_available()

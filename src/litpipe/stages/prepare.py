@@ -1,51 +1,64 @@
-"""prepare: load the dataset, split it with its own seed, store uint8 tensors and meta.json."""
+"""prepare: load the dataset, split it with its own seed, store uint8 arrays and meta.json.
+
+Each split is two NumPy files, `<split>-images.npy` (uint8 N x C x H x W) and `<split>-labels.npy`
+(int64), written a chunk of images at a time into a memory-mapped array: prepare never holds more than
+a chunk of a dataset's pixels, and training memory-maps the same files (data/prepared.py). The files
+are written into a new directory that replaces data/prepared once all are complete.
+"""
 
 import hashlib
 import importlib
-import io
 import logging
+import math
+from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
 from litpipe import paths
 from litpipe.config import Params
 from litpipe.data import DATASETS
-from litpipe.data.source import Source
-from litpipe.io import atomic_path, write_json
+from litpipe.data.source import Images, Source, fit_to, square_shape
+from litpipe.errors import StageError
+from litpipe.io import atomic_directory, write_json
 
 log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 16 * 2**20  # pixels written at a time (resizing holds a few float32 copies of them)
 
 
 def run(params: Params) -> None:
     source = load_source(params)
-    splits = split(source, params)
-    stats = normalisation(splits["train"][0])
+    if source.read_from and not source.read_from.resolve().is_relative_to(paths.RAW.resolve()):
+        log.warning(
+            "data.root %s is outside %s: DVC does not track it, so a changed file there re-runs nothing",
+            source.read_from,
+            paths.RAW,
+        )
+    side = params.data.image_size
+    shape = square_shape(tuple(source.images.shape[1:]), side)
     meta = {
         "dataset": params.data.dataset,
         "class_names": source.class_names,
         "num_classes": len(source.class_names),
-        "input_shape": list(source.images.shape[1:]),
+        "input_shape": list(shape),
         "pixel_max": source.pixel_max,
         "split_seed": params.data.split_seed,
         "official_test_split": source.test_images is not None,
-        "sizes": {name: len(y) for name, (_, y) in splits.items()},
-        "class_counts": {
-            name: torch.bincount(y, minlength=len(source.class_names)).tolist() for name, (_, y) in splits.items()
-        },
-        **stats,
+        "sizes": {},
+        "class_counts": {},
         "sha256": {},
     }
-    for name, (x, y) in splits.items():
-        # Serialised in memory: torch.save names the archive after the file, and the temporary
-        # file's random name would make identical tensors hash differently.
-        buffer = io.BytesIO()
-        torch.save({"x": x.contiguous(), "y": y.contiguous()}, buffer)
-        with atomic_path(paths.split_file(name)) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-        meta["sha256"][name] = hashlib.sha256(buffer.getvalue()).hexdigest()
-        log.info("%s: %d samples", name, len(y))
-    write_json(paths.META, meta)
+    with atomic_directory(paths.PREPARED) as directory:  # a file that fails to decode leaves the last data whole
+        for name, (images, indices, labels) in split(source, params).items():
+            moments = write_split(directory, name, images, indices, labels, side, meta["sha256"])
+            if name == "train":
+                meta.update(moments.normalisation())
+            meta["sizes"][name] = len(labels)
+            meta["class_counts"][name] = torch.bincount(labels, minlength=len(source.class_names)).tolist()
+            log.info("%s: %d samples of %s", name, len(labels), "x".join(map(str, shape)))
+        write_json(directory / paths.META.name, meta)
 
 
 def load_source(params: Params) -> Source:
@@ -53,19 +66,19 @@ def load_source(params: Params) -> Source:
     return getattr(importlib.import_module(module), function)(params.data)
 
 
-def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Stratified train/val/test; a dataset's official test split is kept as it is."""
+def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor | Images, torch.Tensor, torch.Tensor]]:
+    """Stratified train/val/test as (images, indices into them, labels); an official test split is kept."""
     seed = params.data.split_seed
     indices = torch.arange(len(source.labels))
     if source.test_images is None:
         indices, test_idx = _stratified(indices, source.labels, params.data.test_fraction, seed)
-        test = (source.images[test_idx], source.labels[test_idx])
+        test = (source.images, test_idx, source.labels[test_idx])
     else:
-        test = (source.test_images, source.test_labels)
+        test = (source.test_images, torch.arange(len(source.test_labels)), source.test_labels)
     train_idx, val_idx = _stratified(indices, source.labels[indices], params.data.val_fraction, seed)
     return {
-        "train": (source.images[train_idx], source.labels[train_idx]),
-        "val": (source.images[val_idx], source.labels[val_idx]),
+        "train": (source.images, train_idx, source.labels[train_idx]),
+        "val": (source.images, val_idx, source.labels[val_idx]),
         "test": test,
     }
 
@@ -73,11 +86,68 @@ def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor, torch
 def _stratified(
     indices: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    keep, held_out = train_test_split(indices.numpy(), test_size=fraction, stratify=labels.numpy(), random_state=seed)
+    try:
+        keep, held_out = train_test_split(
+            indices.numpy(), test_size=fraction, stratify=labels.numpy(), random_state=seed
+        )
+    except ValueError as error:  # a class with one image, or fewer images than classes in a split
+        raise StageError(f"cannot split the data in proportion to its classes: {error}") from None
     return torch.from_numpy(keep).sort().values, torch.from_numpy(held_out).sort().values
 
 
-def normalisation(train_images: torch.Tensor) -> dict[str, list[float]]:
-    """Per-channel mean and std of the training images (never of val or test)."""
-    pixels = train_images.double().transpose(0, 1).flatten(1)
-    return {"mean": pixels.mean(dim=1).tolist(), "std": pixels.std(dim=1).clamp_min(1e-6).tolist()}
+def write_split(
+    directory: Path,
+    name: str,
+    images: torch.Tensor | Images,
+    indices: torch.Tensor,
+    labels: torch.Tensor,
+    side: int | None,
+    digests: dict[str, str],
+) -> "Moments":
+    """Write the split's two files, recording their SHA-256 in `digests`; return its pixels' moments."""
+    image_file, label_file = (directory / path.name for path in paths.split_files(name))
+    shape = (len(indices), *square_shape(tuple(images.shape[1:]), side))
+    chunk = max(1, CHUNK_BYTES // max(1, math.prod(shape[1:])))
+    moments = Moments(shape[1])
+    with image_file.open("wb") as file:  # plain writes, not a writable mapping: the kernel can drop written pages
+        np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        for start in range(0, len(indices), chunk):
+            pixels = fit_to(images[indices[start : start + chunk]], side)
+            file.write(pixels.numpy().tobytes())
+            moments.add(pixels)
+    np.save(label_file, labels.numpy().astype(np.int64))
+    digests.update({file.name: sha256(file) for file in (image_file, label_file)})
+    return moments
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+class Moments:
+    """Per-channel count, mean and sum of squared deviations of images added a chunk at a time, combined as
+    Chan et al. do: as exact as one pass over all pixels at once, without holding them."""
+
+    def __init__(self, channels: int) -> None:
+        self.count = 0
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.m2 = torch.zeros(channels, dtype=torch.float64)
+
+    def add(self, images: torch.Tensor) -> None:
+        values = images.transpose(0, 1).flatten(1).double()
+        count = values.shape[1]
+        if count == 0:
+            return
+        mean = values.mean(dim=1)
+        m2 = ((values - mean[:, None]) ** 2).sum(dim=1)
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + m2 + delta**2 * self.count * count / total
+        self.count = total
+
+    def normalisation(self) -> dict[str, list[float]]:
+        """Mean and (sample) std per channel: what the model normalises with (of the training split only)."""
+        std = (self.m2 / max(1, self.count - 1)).sqrt().clamp_min(1e-6)
+        return {"mean": self.mean.tolist(), "std": std.tolist()}
