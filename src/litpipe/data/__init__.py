@@ -6,8 +6,10 @@ validating params.yaml does not import torchvision.
 
 DATASETS = {
     "digits": "litpipe.data.digits:load",
+    "folder": "litpipe.data.folder:load",
     "mnist": "litpipe.data.torchvision_sets:load_mnist",
     "fashion_mnist": "litpipe.data.torchvision_sets:load_fashion_mnist",
     "kmnist": "litpipe.data.torchvision_sets:load_kmnist",
+    "cifar10": "litpipe.data.torchvision_sets:load_cifar10",
     "synthetic_mnist": "litpipe.data.synthetic:load",
 }
