@@ -117,7 +117,8 @@ class PlainLoop:
         # Batches of `batch_size`, the loop a researcher would write: the pieces the fit takes its batches in.
         self.data = PreparedData.from_params(params, self.device, steps_per_call=1)
         self.data.setup("fit")
-        self.model = build_model(params, load_meta()).to(self.device)
+        # Without augmentation, in both loops: the bench compares the training loops, not the augmentation.
+        self.model = build_model(params, load_meta(), augment=False).to(self.device)
         configured = self.model.optimizers_for(params.train.precision)
         self.optimizer, self.scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
         self.autocast = _autocast(params.train.precision, self.device)
@@ -176,7 +177,7 @@ def litpipe_fit(params: Params, plain: PlainLoop) -> tuple[list[float], list[flo
     seed_everything(params.seed)
     clock = EpochClock(plain)
     run = fit.assemble(params, load_split("val").head(params.observe.probe_size).x, callbacks=[clock])
-    run.trainer.fit(build_model(params, load_meta()), datamodule=PreparedData.from_params(params))
+    run.trainer.fit(build_model(params, load_meta(), augment=False), datamodule=PreparedData.from_params(params))
     return clock.plain_epochs, clock.epochs
 
 

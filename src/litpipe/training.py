@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from litpipe.config import Params
 from litpipe.errors import StageError
+from litpipe.models.augment import check_crop
 from litpipe.models.classifier import MONITOR, Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import Monitors, monitors
@@ -34,8 +35,11 @@ def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
-def build_model(params: Params, meta: dict[str, Any]) -> Classifier:
-    """The configured model for the prepared data; its network compiled when train.compile is on."""
+def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> Classifier:
+    """The configured model for the prepared data; its network compiled when train.compile is on. Its
+    training images are augmented as train.augment_* say, unless not `augment`: the sanity overfit check
+    must memorise its one fixed batch as it is, and the LR finder measures the plain model's loss curve."""
+    check_crop(params.train.augment_crop, meta["input_shape"])  # in every stage, the ones without crops too
     model = Classifier(
         **params.model.model_dump(),
         input_shape=meta["input_shape"],
@@ -48,6 +52,8 @@ def build_model(params: Params, meta: dict[str, Any]) -> Classifier:
         plateau_patience=params.optim.plateau_patience,
         batch_size=params.train.batch_size,
         gradient_clip_val=params.train.gradient_clip_val,
+        augment_flip=augment and params.train.augment_flip,
+        augment_crop=params.train.augment_crop if augment else 0,
     )
     if params.train.compile:
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network

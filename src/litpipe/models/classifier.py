@@ -5,6 +5,8 @@ a millisecond per batch (hooks, progress, result bookkeeping), as much as a step
 Every loop cuts its batch into `batch_size` pieces in the order the samples came, and training takes
 one optimizer step per piece (manual optimization), so the numbers are the same however many pieces
 a batch holds.
+Training pieces may be augmented (litpipe.models.augment): each piece draws its own random numbers just
+before its step, so augmentation too gives the same numbers however many pieces a batch holds.
 """
 
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from litpipe import checkpoints
 from litpipe.errors import StageError
+from litpipe.models.augment import augment, check_crop
 from litpipe.models.networks import NETWORKS
 
 MONITOR = "val/loss"  # what the learning-rate schedule, early stopping, checkpoints and the search minimise
@@ -41,8 +44,12 @@ class Classifier(pl.LightningModule):
         plateau_patience: int,
         batch_size: int,
         gradient_clip_val: float,
+        # Defaults: checkpoints saved before augmentation existed load as trained, without it.
+        augment_flip: bool = False,
+        augment_crop: int = 0,
     ) -> None:
         super().__init__()
+        check_crop(augment_crop, input_shape)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.net = NETWORKS[arch](tuple(input_shape), num_classes, width, depth, dropout)
@@ -155,8 +162,9 @@ class Classifier(pl.LightningModule):
         """One optimizer step per piece of the batch; returns their mean loss."""
         optimizer = self.optimizers()
         losses = []
-        for piece in self._pieces(batch):
-            loss = self._evaluate(piece, "train")
+        for x, y in self._pieces(batch):
+            x = augment(x, self.hparams.augment_flip, self.hparams.augment_crop)
+            loss = self._evaluate((x, y), "train")
             optimizer.zero_grad(set_to_none=True)
             self._backward(loss)
             optimizer.step()  # gradient clipping in on_before_optimizer_step, as automatic optimization does

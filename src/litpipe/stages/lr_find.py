@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> None:
     seed_everything(params.seed)
-    model = build_model(params, load_meta())
+    model = build_model(params, load_meta(), augment=False)  # the loss curve of the model and optimiser alone
     # One optimizer step per batch: the finder raises the learning rate and records the loss per batch.
     data = PreparedData.from_params(params, steps_per_call=1)
     trainer = make_trainer(params)

@@ -70,7 +70,7 @@ def overfit_one_batch(params: Params, meta: dict, tensorboard) -> pd.DataFrame:
     """Train on one fixed batch; validate on that same batch in eval mode (no dropout)."""
     seed_everything(params.seed)
     batch = Batches(load_split("train").head(params.train.batch_size), params.train.batch_size, shuffle=False)
-    model = build_model(params, meta)
+    model = build_model(params, meta, augment=False)  # a batch that changes every step cannot be memorised
     history = History(label="overfit ")
     trainer = make_trainer(params, max_epochs=params.sanity.overfit_epochs, callbacks=[history], logger=tensorboard)
     trainer.fit(model, train_dataloaders=batch, val_dataloaders=batch)
