@@ -6,6 +6,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from litpipe import paths, plots
 from litpipe.config import Params
@@ -14,6 +18,10 @@ from litpipe.io import atomic_path, write_json
 from litpipe.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
+
+LABEL_SIZE = 8  # points, of class names on the axes
+TITLE_WIDTH = 1.1  # inches, of a title line in the mistakes gallery: an image's width, less a gap
+LEGEND_CLASSES = 20  # up to this many classes, the PCA plot names them in a key; beyond, a colour bar
 
 
 def run(params: Params) -> None:
@@ -25,9 +33,7 @@ def run(params: Params) -> None:
 
     residuals = residual_table(logits, test.y)
     write_csv(residuals, paths.ANALYSIS / "predictions.csv")
-    confusion = pd.crosstab(residuals["actual"], residuals["predicted"]).reindex(
-        index=range(meta["num_classes"]), columns=range(meta["num_classes"]), fill_value=0
-    )
+    confusion = confusion_table(residuals, meta["num_classes"])
     write_csv(confusion, paths.ANALYSIS / "confusion.csv", index=True)
     per_class = per_class_table(residuals, confusion, meta["class_names"])
     write_csv(per_class, paths.PER_CLASS_TABLE)
@@ -38,7 +44,7 @@ def run(params: Params) -> None:
     plot_reliability(calibration)
 
     pca = {name: project(values) for name, values in activations.items()}
-    plot_pca(pca, test.y.numpy())
+    plot_pca(pca, test.y.numpy(), meta["class_names"])
     plot_activation_evolution(pd.read_csv(paths.FIT_ACTIVATIONS))
     write_json(
         paths.ANALYSIS_SUMMARY,
@@ -67,6 +73,13 @@ def residual_table(logits: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
             "loss": F.cross_entropy(logits, labels, reduction="none").numpy(),
             "correct": (predicted == labels).numpy(),
         }
+    )
+
+
+def confusion_table(residuals: pd.DataFrame, num_classes: int) -> pd.DataFrame:
+    """Counts of (actual, predicted) pairs, every class on both axes even when never seen or predicted."""
+    return pd.crosstab(residuals["actual"], residuals["predicted"]).reindex(
+        index=range(num_classes), columns=range(num_classes), fill_value=0
     )
 
 
@@ -126,21 +139,21 @@ def plot_reliability(table: pd.DataFrame) -> None:
 
 
 def plot_per_class(per_class: pd.DataFrame) -> None:
-    fig = plots.figure(9, 3.5)
-    metrics_ax, loss_ax = fig.subplots(1, 2)
+    # One above the other, sharing the class axis: the class names are written once, below both.
+    names = per_class["class"].tolist()
+    fig = plots.figure(max(6.0, 0.25 * len(names) + 1.5), 5.5 + plots.text_width(names, LABEL_SIZE))
+    metrics_ax, loss_ax = fig.subplots(2, 1, sharex=True)
     positions = np.arange(len(per_class))
     metrics_ax.bar(positions - 0.2, per_class["precision"], width=0.4, label="precision")
     metrics_ax.bar(positions + 0.2, per_class["recall"], width=0.4, label="recall")
     metrics_ax.set(
-        xticks=positions,
         ylim=(max(0.0, per_class[["precision", "recall"]].min().min() - 0.1), 1.0),
         title="Per-class precision and recall (test)",
     )
-    metrics_ax.set_xticklabels(per_class["class"], rotation=90)
     metrics_ax.legend(loc="lower left", fontsize=7)
     loss_ax.bar(positions, per_class["mean_loss"], color="tab:red")
-    loss_ax.set(xticks=positions, title="Per-class mean residual (cross-entropy)")
-    loss_ax.set_xticklabels(per_class["class"], rotation=90)
+    loss_ax.set(xticks=positions, xlim=(-0.6, len(names) - 0.4), title="Per-class mean residual (cross-entropy)")
+    loss_ax.set_xticklabels(names, rotation=90, fontsize=LABEL_SIZE, parse_math=False)
     plots.save(fig, paths.ANALYSIS_PLOTS["per_class"])
 
 
@@ -159,16 +172,20 @@ def write_csv(table: pd.DataFrame, path, index: bool = False) -> None:
 
 
 def plot_confusion(confusion: pd.DataFrame, class_names: list[str]) -> None:
-    fig = plots.figure(5.5, 5)
+    counts = confusion.to_numpy()
+    side = max(4.0, 0.3 * len(class_names))  # the matrix: a cell holds a three-digit count
+    margin = plots.text_width(class_names, LABEL_SIZE) + 0.6  # the tick labels and the axis label
+    fig = plots.figure(side + margin + 1.0, side + margin + 0.4)  # and the colour bar; and the title
     ax = fig.add_subplot()
-    image = ax.imshow(confusion.to_numpy(), cmap="Blues")
-    for (row, col), count in np.ndenumerate(confusion.to_numpy()):
-        if count:
-            ax.text(col, row, count, ha="center", va="center", fontsize=7)
+    image = ax.imshow(counts, cmap="Blues")
+    for (row, col), count in np.ndenumerate(counts):
+        if count:  # light on the dark cells, which are the large counts
+            color = "white" if count > counts.max() / 2 else "black"
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=LABEL_SIZE - 1, color=color)
     ticks = range(len(class_names))
     ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
-    ax.set_xticklabels(class_names, rotation=90)
-    ax.set_yticklabels(class_names)
+    ax.set_xticklabels(class_names, rotation=90, fontsize=LABEL_SIZE, parse_math=False)
+    ax.set_yticklabels(class_names, fontsize=LABEL_SIZE, parse_math=False)
     fig.colorbar(image, ax=ax, shrink=0.8)
     plots.save(fig, paths.ANALYSIS_PLOTS["confusion"])
 
@@ -177,24 +194,38 @@ def plot_mistakes(residuals: pd.DataFrame, test: Split, meta: dict, shown: int) 
     mistakes = residuals[~residuals["correct"]].nlargest(shown, "confidence")
     columns = 8
     rows = max(1, -(-len(mistakes) // columns))
-    fig = plots.figure(columns * 1.3, rows * 1.5 + 0.4)
+    fig = plots.figure(columns * 1.3, rows * 1.8 + 0.4)
     fig.suptitle("Most confident mistakes (actual -> predicted, confidence)")
     axes = fig.subplots(rows, columns, squeeze=False).flat
+    # A line per name, cut to the image's width: the constrained layout makes no room for a title wider
+    # than its axes, so neighbours would overlap, and long class names are the rule in some datasets.
     names = meta["class_names"]
     for ax, (_, row) in zip(axes, mistakes.iterrows()):
-        ax.imshow(test.x[int(row["index"])][0], cmap="gray_r", vmin=0, vmax=meta["pixel_max"])
-        ax.set_title(f"{names[row['actual']]}->{names[row['predicted']]} {row['confidence']:.2f}", fontsize=7)
+        plots.show_image(ax, test.x[int(row["index"])], meta["pixel_max"])
+        actual = plots.shorten(names[row["actual"]], TITLE_WIDTH, 7)
+        predicted = plots.shorten(f"-> {names[row['predicted']]}", TITLE_WIDTH, 7)
+        ax.set_title(f"{actual}\n{predicted}\n{row['confidence']:.2f}", fontsize=7, parse_math=False)
     for ax in fig.axes:
         ax.axis("off")
     plots.save(fig, paths.ANALYSIS_PLOTS["mistakes"])
 
 
-def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray) -> None:
-    fig = plots.figure(4.5 * len(pca), 4)
+def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray, class_names: list[str]) -> None:
+    colors = plots.class_colors(len(class_names))
+    named = len(class_names) <= LEGEND_CLASSES
+    key_width = plots.text_width(class_names, 7) + 0.7 if named else 1.2
+    fig = plots.figure(4.5 * len(pca) + key_width, max(4.0, 0.17 * len(class_names) + 1.0) if named else 4.0)
     for ax, (name, (points, ratio)) in zip(np.atleast_1d(fig.subplots(1, len(pca))), pca.items()):
-        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6)
+        ax.scatter(points[:, 0], points[:, 1], c=colors[labels], s=6)
         ax.set(title=f"{name}: PCA ({sum(ratio):.0%} of variance)", xlabel="PC1", ylabel="PC2")
-    fig.colorbar(scatter, ax=fig.axes, label="class")
+    if named:
+        markers = [Line2D([], [], linestyle="", marker="o", markersize=4, color=color) for color in colors]
+        legend = fig.legend(markers, class_names, loc="outside right upper", fontsize=7, title="class")
+        for text in legend.get_texts():
+            text.set_parse_math(False)
+    else:  # too many names for a key: a colour bar of class indices, the rows of the per-class table
+        bands = ScalarMappable(Normalize(-0.5, len(class_names) - 0.5), ListedColormap(colors))
+        fig.colorbar(bands, ax=fig.axes, label="class (index)", ticks=MaxNLocator(integer=True))
     plots.save(fig, paths.ANALYSIS_PLOTS["activations_pca"])
 
 
