@@ -163,18 +163,20 @@ def test_a_root_outside_data_raw_is_flagged_as_untracked(workspace, default_para
 
 @contextmanager
 def memory_cgroup(limit: int):
-    """A fresh cgroup with a memory limit (v1 or v2); yields the function a child runs to join it."""
+    """A fresh cgroup with a memory limit (v1 or v2): yields the function a child runs to join it, and the
+    cgroup's directory (its peak usage)."""
     v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     base = Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/memory")
     group = base / f"litpipe-test-{os.getpid()}"
     try:
         group.mkdir()
         (group / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(str(limit))
-        if not v2:
-            (group / "memory.memsw.limit_in_bytes").write_text(str(limit)) if (
-                group / "memory.memsw.limit_in_bytes"
-            ).exists() else None
+        swap = group / ("memory.swap.max" if v2 else "memory.memsw.limit_in_bytes")
+        if swap.exists():  # no swapping past the limit either (v1 counts memory and swap together)
+            swap.write_text("0" if v2 else str(limit))
     except OSError as error:
+        if group.exists():
+            group.rmdir()
         missing(f"cannot make a memory-limited cgroup under {base} ({error}); needs root")
 
     def join() -> None:

@@ -57,13 +57,24 @@ def test_loader_path_yields_exactly_the_resident_batches(digits):
     assert not torch.equal(first[0][1], first[len(first) // 2][1])
 
 
-def test_fit_gives_the_same_metrics_on_both_data_paths(digits, caplog):
+@pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
+def test_fit_gives_the_same_metrics_on_both_data_paths(digits, caplog, augmented):
+    params = digits.override({"train.augment_flip": augmented, "train.augment_crop": 2 if augmented else 0})
     caplog.set_level("INFO")
-    resident = fitted(digits.override({"train.data_path": "resident"}))
+    resident = fitted(params.override({"train.data_path": "resident"}))
     assert "data: resident on cpu" in caplog.text
-    streamed = fitted(digits.override({"train.data_path": "loader", "train.loader_workers": 2}))
+    streamed = fitted(params.override({"train.data_path": "loader", "train.loader_workers": 2}))
     assert "data: DataLoader with 2 workers on cpu" in caplog.text
     assert streamed == resident
+
+
+def test_splits_above_the_resident_threshold_stream(digits, caplog):
+    caplog.set_level("INFO")
+    fitted(digits.override({"train.data_path": "auto", "train.resident_max_mb": 0.05, "train.max_epochs": 1}))
+    assert "data: DataLoader with 2 workers on cpu (splits 0 MiB" in caplog.text  # digits: 0.13 MB
+    caplog.clear()
+    fitted(digits.override({"train.data_path": "auto", "train.resident_max_mb": 1, "train.max_epochs": 1}))
+    assert "data: resident on cpu" in caplog.text
 
 
 def test_auto_path_streams_splits_that_do_not_fit_the_device(digits, monkeypatch, caplog):
