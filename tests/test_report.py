@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .helpers import chromium
+from .helpers import chromium, copy_workspace, run
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +51,26 @@ def test_report_states_the_numbers_of_the_run(pipeline):
     assert "suggested SLURM --time" in html
     for stage in ("prepare", "sanity", "lr_find", "search", "fit", "test", "analyze"):
         assert f">{stage}<" in html  # a runtime row per stage
+
+
+def test_a_fresh_run_reports_a_clean_tree_and_a_change_is_named(pipeline, tmp_path, monkeypatch):
+    """`dvc repro` rewrites dvc.lock and its outputs before the fit records the git state: those are the
+    pipeline's own, not uncommitted changes. A changed source file, params.yaml or a new file are."""
+    from litpipe.observe.system import git_state
+
+    repo, _, _ = pipeline
+    html = (repo / "reports/report.html").read_text()
+    assert json.loads((repo / "results/fit/summary.json").read_text())["git"]["dirty"] is False
+    assert "uncommitted changes" not in html
+
+    workspace = copy_workspace(repo, tmp_path / "workspace")
+    monkeypatch.chdir(workspace)
+    (workspace / "dvc.lock").write_text((workspace / "dvc.lock").read_text() + "\n")
+    (workspace / "results/test/metrics.json").write_text("{}")  # a metric git tracks, which the test stage writes
+    assert git_state()["changed"] == []
+    (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text() + "\n")
+    (workspace / "src/litpipe/new_module.py").write_text("")
+    run(["git", "mv", "src/litpipe/io.py", "src/litpipe/files.py"], workspace)
+    state = git_state()
+    assert state["dirty"] is True
+    assert sorted(state["changed"]) == ["params.yaml", "src/litpipe/files.py", "src/litpipe/new_module.py"]

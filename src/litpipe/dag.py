@@ -110,5 +110,14 @@ def missing_input(name: str, root: Path = Path()) -> str | None:
     return None
 
 
+def written_by_pipeline(path: str, root: Path = Path()) -> bool:
+    """Whether `path` (relative to the root) is something `dvc repro` writes: dvc.lock, or a stage's output."""
+    if path == "dvc.lock":
+        return True
+    if not (root / DVC_YAML).exists():
+        return False
+    return any(_makes(stage, path) for stage in load(root / DVC_YAML).values())
+
+
 def _makes(stage: Stage, path: str) -> bool:
     return any(path == out or path.startswith(out.rstrip("/") + "/") for out in stage.outs + stage.persistent)

@@ -8,6 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 import psutil
 import torch
 
+from litpipe import dag
+
 PACKAGES = ("torch", "torchvision", "lightning", "optuna", "tensorboard", "numpy", "pandas", "dvc", "snakemake")
 
 
@@ -29,17 +31,27 @@ def system_info() -> dict[str, str]:
     return info
 
 
-def git_state() -> dict[str, str | bool]:
-    """The commit the code came from and whether tracked files differed from it."""
+def git_state() -> dict[str, str | bool | list[str]]:
+    """The commit the code came from, and whether the code, params or data differed from it: the files
+    that did (new files included), not counting what the pipeline itself writes (its outputs and
+    dvc.lock), which every run rewrites before the report reads this."""
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
 
     commit = git("rev-parse", "HEAD")
     if commit.returncode != 0:
-        return {"commit": "unknown (not a git checkout)", "dirty": False}
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
-    return {"commit": commit.stdout.strip(), "dirty": dirty}
+        return {"commit": "unknown (not a git checkout)", "dirty": False, "changed": []}
+    changed = []
+    entries = iter(git("status", "--porcelain", "-z", "--untracked-files=all").stdout.split("\0"))
+    for entry in entries:  # "XY path"; a rename or copy is followed by the path it came from
+        if len(entry) < 4:
+            continue
+        if "R" in entry[:2] or "C" in entry[:2]:
+            next(entries, None)
+        if not dag.written_by_pipeline(entry[3:]):
+            changed.append(entry[3:])
+    return {"commit": commit.stdout.strip(), "dirty": bool(changed), "changed": changed}
 
 
 def markdown_table(rows: dict[str, object]) -> str:
