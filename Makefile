@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install repro test clean
+.PHONY: install repro test experiments clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ repro: install
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" pytest $(PYTEST_ARGS)
+
+experiments: install  # dvc exp show, readable: test metrics and the changed params (README)
+	PATH="$(CURDIR)/$(BIN):$$PATH" litpipe experiments
 
 clean:
 	rm -rf data/prepared results models tb logs reports/report.html

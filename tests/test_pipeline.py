@@ -3,11 +3,12 @@
 import csv
 import io
 import json
+import subprocess
 import time
 
 import pytest
 
-from .helpers import FAST, STAGES, copy_repo, copy_workspace, edit_params, require_tool, run
+from .helpers import FAST, STAGES, copy_repo, copy_workspace, edit_params, require_tool, run, tool_env
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +91,24 @@ def test_dvc_exp_run_compares_a_learning_rate(pipeline, tmp_path):
     assert experiment["loss"] != baseline["loss"] and experiment["best_val_loss"] != baseline["best_val_loss"]
     assert summary_names_it
     assert f"<td>lr-high</td>\n<td>{experiment['rev']}</td>" in comparison  # its row, with its revision
+
+    # The readable table, in a 120-column terminal: test metrics, then the changed param; no hashes or times.
+    readable = subprocess.run(
+        ["litpipe", "experiments"], cwd=repo, env={**tool_env(), "COLUMNS": "120"}, capture_output=True, text=True
+    )
+    assert readable.returncode == 0, readable.stderr
+    lines = readable.stdout.splitlines()
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header[:4] == ["Experiment", "accuracy", "loss", "optim.lr"], header
+    assert max(len(line) for line in lines) <= 120 and "…" not in readable.stdout
+    assert any("lr-high" in line and "0.01" in line for line in lines)
+    # The report's comparison has the same columns.
+    columns = comparison.split("<thead>")[1].split("</thead>")[0]
+    assert [name for name in ("accuracy", "loss", "optim.lr", "Created", "data/prepared") if name in columns] == [
+        "accuracy",
+        "loss",
+        "optim.lr",
+    ]
 
 
 def test_fast_settings_pipeline_and_failing_sanity_stop(tmp_path):

@@ -74,7 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("--search", type=int, metavar="N", help="search throughput with 1 and N workers instead")
     bench.add_argument("--points", type=int, metavar="P", help="grid points of the search (default: 2 N)")
-    args = parser.parse_args(argv)
+    experiments = commands.add_parser(
+        "experiments",
+        help="dvc exp show with the test metrics and the changed params first (options go to dvc).",
+        description="`dvc exp show` narrowed to the test metrics and the params that differ between the "
+        "experiments shown (no timestamps or hashes); other options are passed to it, e.g. --csv, -A.",
+    )
+    experiments.add_argument("options", nargs=argparse.REMAINDER, help="options for `dvc exp show`")
+    args, unknown = parser.parse_known_args(argv)
+    if args.stage == "experiments":
+        from litpipe import experiments as comparison
+
+        return comparison.show(unknown + args.options)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.stage == "bench":
         return run_bench(args)
     part = getattr(args, "part", None)
