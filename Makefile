@@ -3,15 +3,31 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install repro test experiments clean
+LOCK := requirements.lock
+# Where `make lock` resolves from, besides PyPI: on the reference machine, its local index and torch cap.
+LOCK_SOURCES ?= $(if $(wildcard /etc/xdg/pip/constraints.txt),--extra-index-url file:///opt/pypi/simple --constraint /etc/xdg/pip/constraints.txt)
+
+.PHONY: install repro test experiments lock clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from the lock; litpipe itself editable, its dependencies already satisfied by the pins.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -r $(LOCK) -e .
 	touch $@
+
+# Re-resolve every dependency (the dev extra included) to the newest versions pyproject.toml allows, for
+# Linux, macOS and Windows at once (uv keeps the platform markers); then `make install` and the tests.
+lock:
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --index-strategy unsafe-best-match $(LOCK_SOURCES) \
+		--no-header --no-annotate -o $(LOCK).tmp
+	{ echo "# Exact versions of every dependency of litpipe (pyproject.toml, dev extra included), for every"; \
+	  echo "# platform; written by \`make lock\` (uv pip compile --universal). Installed by \`make install\`."; \
+	  cat $(LOCK).tmp; } > $(LOCK) && rm $(LOCK).tmp
 
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
