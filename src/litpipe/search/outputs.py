@@ -1,11 +1,17 @@
 """What the search leaves for fit and the report: trials.csv, best.json, Optuna's plots."""
 
+import itertools
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import numpy as np
 import optuna
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
@@ -21,6 +27,13 @@ PLOTS = {
     "parallel_coordinates": optuna_plots.plot_parallel_coordinate,
     "slice": optuna_plots.plot_slice,
 }
+# Inches. The smallest slice subplot and parallel-coordinates column (a param's ticks need room too), the
+# space beside a name, a colour bar with its labels, and an importance bar.
+SLICE_WIDTH = 2.4
+COLUMN_WIDTH = 1.2
+GAP = 0.3
+COLORBAR = 1.2
+BAR_HEIGHT = 0.4
 
 
 def write_disabled(journal: Path) -> None:
@@ -61,17 +74,59 @@ def write(study: optuna.Study) -> dict[str, Any]:
 
 
 def write_plots(study: optuna.Study) -> None:
-    for name, draw in PLOTS.items():
-        try:
-            axes = draw(study)
-        except (ValueError, RuntimeError) as error:
-            # Importances need two completed trials and a varied param; say so rather than fail.
-            log.info("search plot %s not drawn: %s", name, error)
-            write_placeholder(name, f"not enough trials for this plot: {error}")
-            continue
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+    # Optuna's figures are made under a constrained layout, which fits every label inside them at save time.
+    # It must be on before Optuna adds its colour bars: made without a layout, one is a gridspec cell that a
+    # constrained layout set later fails on, and the slice's shared one is placed by hand, so a tight layout
+    # draws the subplots over it. Optuna also switches pyplot to its ggplot style: the context keeps that to
+    # these plots and their saving.
+    with matplotlib.rc_context({"figure.constrained_layout.use": True}):
+        for name, draw in PLOTS.items():
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError) as error:
+                # Importances need two completed trials and a varied param; say so rather than fail.
+                log.info("search plot %s not drawn: %s", name, error)
+                write_placeholder(name, f"not enough trials for this plot: {error}")
+                continue
+            plots.save(fit(name, axes), paths.SEARCH_PLOTS[name])
+
+
+def fit(name: str, axes: Axes | np.ndarray) -> Figure:
+    """The figure of Optuna's `axes`, sized to its params and their names (Optuna keeps its default size):
+    long names ran off its edges, and the slice's subplots, one per param, narrowed as params were added."""
+    subplots = list(axes.flat) if isinstance(axes, np.ndarray) else [axes]
+    figure = subplots[0].get_figure()
+    if name == "slice":  # a row of subplots, each as wide as its param's name below it
+        column = max(SLICE_WIDTH, widest([ax.xaxis.label for ax in subplots]) + GAP)
+        figure.set_size_inches(max(len(subplots) * column + COLORBAR, 6), 4.5)
+    elif name == "parallel_coordinates":  # a column per param, its name below (Optuna cuts it to 20 characters)
+        names = axes.get_xticklabels()
+        axes.tick_params(axis="x", labelrotation=0)  # level: Optuna's slant hung the first name off the left
+        column = max(COLUMN_WIDTH, widest(names) + GAP)
+        figure.set_size_inches(max(len(names) * column + COLORBAR, 6), 5)
+    elif name == "importances":  # a bar per param, its name on the left
+        figure.set_size_inches(8, max(1.5 + BAR_HEIGHT * len(axes.get_yticklabels()), 3))
+    else:
         figure.set_size_inches(8, 5)
-        plots.save(figure, paths.SEARCH_PLOTS[name])
+    upright_crowded_ticks(figure)
+    return figure
+
+
+def widest(labels: list[Text]) -> float:
+    """Inches: the widest of `labels`, at its own font size."""
+    return max((plots.text_width([label.get_text()], label.get_fontsize()) for label in labels), default=0.0)
+
+
+def upright_crowded_ticks(figure: Figure) -> None:
+    """Turn upright the x tick labels of each axes where they overlap at the figure's size: a log axis over
+    less than a decade names minor ticks too, and a categorical param may have many values."""
+    figure.draw_without_rendering()  # runs the layout and places the ticks
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        labels = [label for label in ax.xaxis.get_ticklabels(which="both") if label.get_visible() and label.get_text()]
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        if any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2)):
+            ax.tick_params(axis="x", which="both", labelrotation=90)
 
 
 def write_placeholder(name: str, message: str) -> None:
