@@ -1,6 +1,7 @@
 """Snakemake describes the same DAG as dvc.yaml, lints clean, and runs the pipeline locally."""
 
 import csv
+import io
 import json
 import re
 import subprocess
@@ -265,6 +266,24 @@ def test_profile_slurm_submits_every_compute_rule_and_matches_the_local_run(loca
     assert search_results(repo) == search_results(local_run)
     for metrics in ("results/test/metrics.json", "results/fit/metrics.json"):
         assert json.loads((repo / metrics).read_text()) == json.loads((local_run / metrics).read_text())
+
+    # Recorded as a DVC experiment: listed with its params and test accuracy, and its outputs come back.
+    recorded = run(["litpipe", "record"], repo).stdout
+    name = re.search(r"recorded as DVC experiment (slurm-\S+):", recorded).group(1)
+    rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    row = next(row for row in rows if row["Experiment"] == name)
+    test_metrics = json.loads((repo / "results/test/metrics.json").read_text())
+    assert float(row["accuracy"]) == pytest.approx(test_metrics["accuracy"])
+    assert int(row["search.max_epochs"]) == SLURM_FAST["search.max_epochs"]
+    checkpoint = (repo / "models/best.ckpt").read_bytes()
+    params = (repo / "params.yaml").read_text()
+    (repo / "models/best.ckpt").unlink()  # the workspace moves on: another run's outputs, other params
+    (repo / "results/test/metrics.json").write_text("{}")
+    edit_params(repo, {"seed": 7})
+    run(["dvc", "exp", "apply", name], repo)
+    assert (repo / "params.yaml").read_text() == params
+    assert (repo / "models/best.ckpt").read_bytes() == checkpoint
+    assert json.loads((repo / "results/test/metrics.json").read_text()) == test_metrics
 
 
 class SlurmJobStates:

@@ -81,7 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         "experiments shown (no timestamps or hashes); other options are passed to it, e.g. --csv, -A.",
     )
     experiments.add_argument("options", nargs=argparse.REMAINDER, help="options for `dvc exp show`")
+    record = commands.add_parser(
+        "record",
+        help="Record a finished Snakemake run (e.g. on SLURM) as a DVC experiment.",
+        description="After `snakemake` (e.g. `--profile slurm`) finished, record the workspace as a DVC experiment: "
+        "`dvc exp show` lists it beside `dvc exp run`s, `dvc exp apply NAME` brings its outputs back.",
+    )
+    record.add_argument("--name", help="the experiment's name (default: slurm- and the params that changed)")
+    record.add_argument("--force", action="store_true", help="replace an experiment of the same name")
     args, unknown = parser.parse_known_args(argv)
+    if args.stage == "record":
+        return run_record(args.name, args.force)
     if args.stage == "experiments":
         from litpipe import experiments as comparison
 
@@ -240,6 +250,18 @@ def overrides(assignments: list[str]) -> dict[str, object]:
             raise ConfigError(f"-S {assignment!r}: expected KEY=VALUE, e.g. train.batch_size=256")
         values[key] = yaml.safe_load(value)
     return values
+
+
+def run_record(name: str | None, force: bool) -> int:
+    from litpipe import experiments
+    from litpipe.errors import StageError
+
+    try:
+        print(f"recorded as DVC experiment {experiments.record(name, force)}: see `litpipe experiments`")
+    except StageError as error:
+        print(f"litpipe: record failed: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def process_rank() -> int:

@@ -1,10 +1,19 @@
-"""`litpipe experiments`: `dvc exp show` narrowed to what a comparison needs, in a 120-column terminal:
+"""DVC experiments: `litpipe record` makes a Snakemake run one, `litpipe experiments` compares them.
+
+`litpipe experiments` is `dvc exp show` narrowed to what a comparison needs, in a 120-column terminal:
 the test metrics, then the params that differ between the experiments shown; no timestamps, no hashes
 of dependencies and outputs (DVC lists every one of them), no fit-internal metrics. The report's
 experiments section shows the same columns (`dvc exp show --csv` with these options).
 """
 
+import hashlib
+import re
 import subprocess
+from typing import Any
+
+from litpipe import paths
+from litpipe.config import read_yaml
+from litpipe.errors import StageError
 
 OUTPUT_DIRS = "data|models|results|src|workflow|tb|logs|reports"  # dependency and output columns are paths
 SHOW = [
@@ -23,3 +32,55 @@ SHOW = [
 def show(options: list[str]) -> int:
     """Run `dvc exp show` with SHOW and the user's own options (`--csv`, `-A`, `--sort-by accuracy`, ...)."""
     return subprocess.run(["dvc", *SHOW, "--no-pager", *options], check=False).returncode
+
+
+def record(name: str | None, force: bool) -> str:
+    """Record the workspace that `snakemake` (on a cluster, or locally) finished as a DVC experiment, so that
+    `dvc exp show` lists it beside `dvc exp run`s and `dvc exp apply` brings its outputs back: `dvc commit`
+    takes the outputs as the stages' results (hashing them into the cache and dvc.lock, running nothing),
+    then `dvc exp save` stores params, metrics and lock under the name. Returns the name."""
+    unfinished = _snakemake_pending()
+    if unfinished:
+        raise StageError(f"the Snakemake run is not finished ({unfinished}); run snakemake again, then record it")
+    name = name or name_from_params()
+    _dvc(["commit", "--force", "--quiet"])
+    _dvc(["exp", "save", "--name", name, *(["--force"] if force else [])])
+    return name
+
+
+def name_from_params() -> str:
+    """`slurm-` and the params that differ from the last commit's params.yaml (`slurm-optim.lr-0.005`), or a
+    hash of the params when none does or there are too many for a name."""
+    text = paths.PARAMS.read_text()
+    shown = subprocess.run(["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=False)
+    committed = _flat(read_yaml(shown.stdout)) if shown.returncode == 0 else {}
+    changed = [f"{key}-{value}" for key, value in _flat(read_yaml(text)).items() if committed.get(key) != value]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(changed))  # what a git ref name may hold
+    if not changed or len(name) > 60:
+        name = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"slurm-{name}"
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys and their values (a list is one value)."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return flat
+
+
+def _snakemake_pending() -> str:
+    """What `snakemake --dry-run` would still run ("" when nothing): the run to record must be complete."""
+    dry = subprocess.run(["snakemake", "--dry-run", "--quiet", "rules"], capture_output=True, text=True, check=False)
+    if dry.returncode != 0:
+        return (dry.stderr.strip().splitlines() or ["snakemake --dry-run failed"])[-1]
+    return "" if "Nothing to be done" in dry.stdout + dry.stderr else "snakemake --dry-run lists jobs to run"
+
+
+def _dvc(args: list[str]) -> None:
+    done = subprocess.run(["dvc", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        raise StageError(f"dvc {' '.join(args[:2])}: {lines[-1] if lines else f'exit {done.returncode}'}")
