@@ -11,7 +11,7 @@ Two things DVC infers that Snakemake must be told, by rules that hold for every 
   files in it: Snakemake notices a changed file, not a changed directory's contents.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -110,13 +110,11 @@ def missing_input(name: str, root: Path = Path()) -> str | None:
     return None
 
 
-def written_by_pipeline(path: str, root: Path = Path()) -> bool:
-    """Whether `path` (relative to the root) is something `dvc repro` writes: dvc.lock, or a stage's output."""
-    if path == "dvc.lock":
-        return True
-    if not (root / DVC_YAML).exists():
-        return False
-    return any(_makes(stage, path) for stage in load(root / DVC_YAML).values())
+def written_by_pipeline(root: Path = Path()) -> Callable[[str], bool]:
+    """A test of whether a path (relative to the root) is something `dvc repro` writes: dvc.lock, or a
+    stage's output."""
+    stages = list(load(root / DVC_YAML).values()) if (root / DVC_YAML).exists() else []
+    return lambda path: path == "dvc.lock" or any(_makes(stage, path) for stage in stages)
 
 
 def _makes(stage: Stage, path: str) -> bool:

@@ -42,14 +42,14 @@ def git_state() -> dict[str, str | bool | list[str]]:
     commit = git("rev-parse", "HEAD")
     if commit.returncode != 0:
         return {"commit": "unknown (not a git checkout)", "dirty": False, "changed": []}
-    changed = []
+    changed, ours = [], dag.written_by_pipeline()
     entries = iter(git("status", "--porcelain", "-z", "--untracked-files=all").stdout.split("\0"))
     for entry in entries:  # "XY path"; a rename or copy is followed by the path it came from
         if len(entry) < 4:
             continue
         if "R" in entry[:2] or "C" in entry[:2]:
             next(entries, None)
-        if not dag.written_by_pipeline(entry[3:]):
+        if not ours(entry[3:]):
             changed.append(entry[3:])
     return {"commit": commit.stdout.strip(), "dirty": bool(changed), "changed": changed}
 
