@@ -68,8 +68,10 @@ class ImageFiles:
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         files = [self.files[index] for index in indices.tolist()]
+        if not files:
+            return torch.empty(0, *self.shape[1:], dtype=torch.uint8)
         with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:  # PIL decodes without the GIL
-            return torch.stack(list(pool.map(self._read, files))) if files else torch.empty(0, *self.shape[1:])
+            return torch.stack(list(pool.map(self._read, files)))
 
     def _read(self, path: Path) -> torch.Tensor:
         try:

@@ -17,6 +17,7 @@ the device's free memory (under a cgroup limit, such as a SLURM job's --mem, wha
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,20 +164,50 @@ class Batches:
 
 
 class SplitFile(Dataset):
-    """The loader path's dataset: item = a batch of indices, gathered from the memory-mapped split file.
-    Each worker process maps the file itself, so nothing large is copied to the workers."""
+    """The loader path's dataset: item = a batch of indices, whose images are read from the split's file.
+
+    Each worker opens the file itself, so nothing large is copied to the workers, and reads each image
+    with pread into the batch: the pages read stay in the page cache, which the kernel frees as it needs,
+    and not in the worker's own memory, as the pages of a mapping it keeps touching do (under a cgroup
+    limit, a worker that mapped a split larger than the limit was killed for them)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._split: Split | None = None
+        self._file: ImageRows | None = None
 
     def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._split is None:
-            self._split = load_split(self.name, verify=False)
-        return self._split.x[indices], self._split.y[indices]
+        if self._file is None:
+            self._file = ImageRows(self.name)
+        return self._file.read(indices), self._file.labels[indices]
 
     def __getstate__(self) -> dict:
-        return {"name": self.name, "_split": None}
+        return {"name": self.name, "_file": None}
+
+
+class ImageRows:
+    """A split's images file, read an image at a time at their offsets; its labels, in memory."""
+
+    def __init__(self, name: str) -> None:
+        images, labels = paths.split_files(name)
+        self.fd = os.open(images, os.O_RDONLY)
+        self.labels = torch.from_numpy(np.load(labels, allow_pickle=False))
+        with images.open("rb") as file:
+            np.lib.format.read_magic(file)
+            self.shape, _, _ = np.lib.format.read_array_header_1_0(file)
+            self.offset = file.tell()
+        self.row_bytes = math.prod(self.shape[1:])
+        self.path = images
+
+    def read(self, indices: torch.Tensor) -> torch.Tensor:
+        batch = np.empty((len(indices), *self.shape[1:]), dtype=np.uint8)
+        rows = batch.reshape(len(indices), self.row_bytes)
+        for row, index in zip(rows, indices.tolist()):
+            if os.preadv(self.fd, [row], self.offset + index * self.row_bytes) != self.row_bytes:
+                raise StageError(f"{self.path}: image {index} is cut short; run prepare again")
+        return torch.from_numpy(batch)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
 
 
 class PreparedData(pl.LightningDataModule):
