@@ -50,3 +50,21 @@ def digits(workspace):
 @pytest.fixture(scope="session")
 def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def saved(tmp_path, monkeypatch) -> dict:
+    """In a fresh working directory: each figure that plots.save writes (a matplotlib Figure), by file stem,
+    once written."""
+    from litpipe import plots
+
+    monkeypatch.chdir(tmp_path)
+    figures = {}
+    save = plots.save
+
+    def recording_save(fig, path: Path) -> None:
+        save(fig, path)
+        figures[Path(path).stem] = fig
+
+    monkeypatch.setattr(plots, "save", recording_save)
+    return figures

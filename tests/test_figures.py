@@ -43,21 +43,6 @@ def colour_data(count: int, per_class: int = 4) -> tuple[Split, torch.Tensor]:
     return Split(x, y), torch.randn(len(y), count, generator=generator)
 
 
-@pytest.fixture
-def saved(tmp_path, monkeypatch) -> dict[str, Figure]:
-    """In a fresh working directory: each figure that plots.save writes, by file stem, once written."""
-    monkeypatch.chdir(tmp_path)
-    figures = {}
-    save = plots.save
-
-    def recording_save(fig: Figure, path: Path) -> None:
-        save(fig, path)
-        figures[Path(path).stem] = fig
-
-    monkeypatch.setattr(plots, "save", recording_save)
-    return figures
-
-
 def draw_analysis(count: int, saved: dict[str, Figure]) -> tuple[list[str], Split, pd.DataFrame]:
     """The analysis figures of `count` classes, as analyze.run draws them."""
     names = class_names(count)

@@ -18,7 +18,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from litpipe import paths, plots
+from litpipe import paths
 from litpipe.search import outputs
 
 # The pipeline's kinds of param, in the order the 1, 3 and 6 param studies take them: the long dotted
@@ -40,21 +40,6 @@ def quiet_optuna():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # its matplotlib plots
         yield
-
-
-@pytest.fixture
-def saved(tmp_path, monkeypatch) -> dict[str, Figure]:
-    """In a fresh working directory: each figure that plots.save writes, by file stem, once written."""
-    monkeypatch.chdir(tmp_path)
-    figures = {}
-    save = plots.save
-
-    def recording_save(fig: Figure, path: Path) -> None:
-        save(fig, path)
-        figures[Path(path).stem] = fig
-
-    monkeypatch.setattr(plots, "save", recording_save)
-    return figures
 
 
 def study(params: int, trials: int = 16) -> optuna.Study:
