@@ -1,5 +1,6 @@
 """Atomic file writes: a crash or a bad input never leaves a half-written output behind."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -57,6 +58,12 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's contents, read in blocks."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def read_json(path: Path) -> Any:

@@ -14,7 +14,6 @@ A batch holds `steps_per_call` x `batch_size` samples, which the model takes in 
 the device's free memory (under a cgroup limit, such as a SLURM job's --mem, what the limit leaves).
 """
 
-import hashlib
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from litpipe import paths, resources
 from litpipe.config import Params
 from litpipe.errors import StageError
-from litpipe.io import read_json
+from litpipe.io import file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,7 @@ def load_split(name: str, verify: bool = True) -> Split:
 def verify_file(path: Path, expected: str | None) -> None:
     rerun = "run `dvc repro prepare` (or `litpipe prepare`)"
     try:
-        with path.open("rb") as file:
-            actual = hashlib.file_digest(file, "sha256").hexdigest()
+        actual = file_sha256(path)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; {rerun}") from None
     if actual != expected:

@@ -6,7 +6,6 @@ a chunk of a dataset's pixels, and training memory-maps the same files (data/pre
 are written into a new directory that replaces data/prepared once all are complete.
 """
 
-import hashlib
 import importlib
 import logging
 import math
@@ -21,7 +20,7 @@ from litpipe.config import Params
 from litpipe.data import DATASETS
 from litpipe.data.source import Images, Source, fit_to, square_shape
 from litpipe.errors import StageError
-from litpipe.io import atomic_directory, write_json
+from litpipe.io import atomic_directory, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +115,8 @@ def write_split(
             file.write(pixels.numpy().tobytes())
             moments.add(pixels)
     np.save(label_file, labels.numpy().astype(np.int64))
-    digests.update({file.name: sha256(file) for file in (image_file, label_file)})
+    digests.update({file.name: file_sha256(file) for file in (image_file, label_file)})
     return moments
-
-
-def sha256(path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 class Moments:
