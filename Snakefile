@@ -1,6 +1,6 @@
 # The DAG of dvc.yaml, for clusters: workflow/rules/stages.smk builds one rule per stage from it
-# (src/litpipe/dag.py), search.smk fans the search out into jobs, and common.smk holds the little a
-# cluster adds (resources, submit-host stages). Add or change a stage in dvc.yaml only.
+# (src/litpipe/dag.py), search.smk fans the search out into jobs, fit.smk the fit into one job per
+# seed, and common.smk holds the little a cluster adds (resources, submit-host stages). Add or change a stage in dvc.yaml only.
 #
 #   snakemake --cores 2            run locally
 #   snakemake --profile slurm      submit every compute rule to SLURM (profile: ./slurm)
@@ -11,9 +11,10 @@
 include: "workflow/rules/common.smk"
 include: "workflow/rules/stages.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/fit.smk"
 
 
 rule all:
     default_target: True
     input:
-        [path for stage in STAGES.values() for path in stage.results],
+        per_seed([path for stage in STAGES.values() for path in stage.results]),

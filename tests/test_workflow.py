@@ -68,15 +68,21 @@ def test_every_stage_of_dvc_yaml_is_a_snakemake_rule_with_its_command_inputs_out
     assert list(stages) == STAGES
     assert set(rules) - SNAKEMAKE_ONLY == set(stages)
     outputs = {out for stage in stages.values() for out in stage.outs + stage.persistent}
+    # The fit's rule is its first seed's run; the directories of further seeds are theirs (below).
+    replicate_dirs = {str(path) for path in paths.REPLICATE_DIRS}
+    assert replicate_dirs <= set(stages["fit"].outs)
     for name, stage in stages.items():
         fan_out = f"{name}_worker" in rules
         rule, first = rules[name], rules[f"{name}_setup"] if fan_out else rules[name]
-        assert rule["cmd"] == stage.cmd + (" --part collect" if fan_out else ""), name
-        assert rule["outputs"] == set(stage.outs), name
+        part = " --part collect" if fan_out else f" --seed {params['replicates']['seeds'][0]}" if name == "fit" else ""
+        assert rule["cmd"] == stage.cmd + part, name
+        assert rule["outputs"] == set(stage.outs) - replicate_dirs, name
         # Persistent outputs (the study journal, tb/search) are what a re-run resumes from:
         # Snakemake would delete a declared output before re-running, so it must not declare them.
         assert not (rule["outputs"] & set(stage.persistent)), name
         for dep in stage.deps:
+            if dep in replicate_dirs:  # stands for each further seed's entries: none with one seed (test below)
+                continue
             upstream = {out for out in outputs if dep == out or dep.startswith(out + "/")}
             assert upstream & first["inputs"] or (tracked_files(dep) and tracked_files(dep) <= first["inputs"]), dep
         assert set(first["params"]) == set(stage.params), name
@@ -85,6 +91,34 @@ def test_every_stage_of_dvc_yaml_is_a_snakemake_rule_with_its_command_inputs_out
             for key in dotted.split("."):
                 node = node[key]
             assert value == node, (name, dotted)
+
+
+def test_each_further_seed_is_a_fit_job_of_its_own_whose_outputs_the_later_rules_wait_for(tmp_path):
+    """replicates.seeds [3, 1, 2]: rule `fit` trains seed 3 (the stage's own outputs), fit_seed_1 and fit_seed_2
+    one seed each into dvc.yaml's replicate directories, with the fit's inputs and params; test, report and the
+    default target need every seed's files."""
+    repo = copy_repo(tmp_path)
+    edit_params(repo, {"replicates.seeds": [3, 1, 2]})
+    rules, fit = snakemake_rules(repo), dag.load(repo / "dvc.yaml")["fit"]
+    assert rules["fit"]["cmd"] == f"{fit.cmd} --seed 3"
+    assert {name for name in rules if name.startswith("fit_")} == {"fit_seed_1", "fit_seed_2"}
+    for seed in (1, 2):
+        rule = rules[f"fit_seed_{seed}"]
+        assert rule["cmd"] == f"{fit.cmd} --seed {seed}"
+        made = {
+            f"models/replicates/seed-{seed}.ckpt",
+            f"results/replicates/seed-{seed}",
+            f"tb/replicates/seed-{seed}",
+            f"logs/fit-seed-{seed}.log",
+        }
+        assert rule["outputs"] == made
+        assert rule["inputs"] == rules["fit"]["inputs"] and rule["params"] == rules["fit"]["params"]
+        assert f"models/replicates/seed-{seed}.ckpt" in rules["test"]["inputs"]
+        assert f"results/replicates/seed-{seed}" in rules["report"]["inputs"]
+        assert made - {f"logs/fit-seed-{seed}.log"} <= rules["all"]["inputs"]
+    assert not any(name.endswith("replicates") for name in rules["test"]["inputs"] | rules["report"]["inputs"])
+    planned = run(["snakemake", "--cores", "2", "--dry-run", "--quiet", "rules"], repo).stdout
+    assert re.search(r"^fit_seed_1\s+1$", planned, re.MULTILINE) and re.search(r"^fit_seed_2\s+1$", planned, re.M)
 
 
 def test_the_files_handed_between_stages_are_outputs_and_the_reports_inputs_are_its_deps():
@@ -199,7 +233,7 @@ def test_snakemake_config_is_refused_not_ignored(option):
 
 # --- SLURM ---------------------------------------------------------------------------------------
 
-SLURM_FAST = {**FAST, "search.n_workers": 2}
+SLURM_FAST = {**FAST, "search.n_workers": 2, "replicates.seeds": [0, 1]}  # a second seed: a fit job of its own
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
 
 
@@ -259,7 +293,7 @@ def test_profile_slurm_submits_every_compute_rule_and_matches_the_local_run(loca
         result = run(snakemake_on_slurm(), repo)
     submitted = SUBMITTED.findall(result.stdout + result.stderr)
     rules = {rule for _, rule in submitted}
-    assert rules == {"sanity", "lr_find", "search_worker", "search", "fit", "test", "analyze", "report"}
+    assert rules == {"sanity", "lr_find", "search_worker", "search", "fit", "fit_seed_1", "test", "analyze", "report"}
     assert len(submitted) == len(rules) + 1  # two search worker jobs
     assert [states.last.get(job) for job, _ in submitted] == ["COMPLETED"] * len(submitted)  # SLURM itself ran them
     # The same outputs as the local run, with the same numbers.

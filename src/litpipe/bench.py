@@ -176,7 +176,8 @@ def litpipe_fit(params: Params, plain: PlainLoop) -> tuple[list[float], list[flo
     shutil.rmtree(paths.MODELS, ignore_errors=True)  # as a fresh fit finds it
     seed_everything(params.seed)
     clock = EpochClock(plain)
-    run = fit.assemble(params, load_split("val").head(params.observe.probe_size).x, callbacks=[clock])
+    probe, first = load_split("val").head(params.observe.probe_size).x, paths.fit_run(params.seed, [params.seed])
+    run = fit.assemble(params, probe, first, callbacks=[clock])
     run.trainer.fit(build_model(params, load_meta(), augment=False), datamodule=PreparedData.from_params(params))
     return clock.plain_epochs, clock.epochs
 

@@ -24,7 +24,7 @@ STAGES = {
     "sanity": "Overfit one batch and run every loop once; stop the pipeline if the model cannot learn.",
     "lr_find": "Lightning's learning-rate finder: suggestion (JSON) and curve (PNG).",
     "search": "Optuna hyperparameter search over search.space.",
-    "fit": "Final training with the best params: early stopping, SWA, best checkpoint.",
+    "fit": "Final training with the best params: early stopping, SWA, best checkpoint; once per seed.",
     "test": "Evaluate models/best.ckpt on the test split in a fresh process.",
     "analyze": "Confusion matrix, residuals, PCA of hidden activations.",
     "report": "Execute the report notebook and write reports/report.html.",
@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
                 help="run one part only, as cluster jobs do (default: all, with search.n_workers local workers)",
             )
             command.add_argument("--worker", type=int, default=0, metavar="N", help="worker index (with --part worker)")
+        if name == "fit":
+            command.add_argument(
+                "--seed",
+                type=int,
+                metavar="S",
+                help="fit this seed of replicates.seeds only, as cluster jobs do (default: every seed, "
+                "replicates.n_workers at once)",
+            )
     bench = commands.add_parser(
         "bench",
         help="Time litpipe's training path against a plain PyTorch loop (prints JSON).",
@@ -100,10 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.stage == "bench":
         return run_bench(args)
-    part = getattr(args, "part", None)
-    # Collecting closes the stage: it writes the stage's own log and timing, as the whole stage does.
-    whole = part in (None, "collect")
-    task = args.stage if whole else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
 
     from litpipe import dag
     from litpipe.config import load_params
@@ -114,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"litpipe: {error}", file=sys.stderr)
         return 2
+    part, seed = getattr(args, "part", None), getattr(args, "seed", None)
+    # Collecting closes the stage: it writes the stage's own log and timing, as the whole stage does; so does
+    # the fit of the first seed, whose outputs are the stage's own.
+    whole = part in (None, "collect") and seed in (None, params.replicates.seeds[0])
+    task = args.stage if whole else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
+    if seed is not None and not whole:
+        task = paths.fit_run(seed, params.replicates.seeds).task  # its log is the one a cluster job declares
     # Before the log is opened: a stage run out of order, or on a device this machine lacks, changes
     # nothing, its last log included.
     missing = dag.missing_input(args.stage)
@@ -135,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         log_to(log_file)
-        code = run_stage(args.stage, part, getattr(args, "worker", 0), params, task, whole)
+        options = {"seed": seed} if seed is not None else {}
+        code = run_stage(args.stage, part, getattr(args, "worker", 0), params, task, whole, options)
     finally:
         settle_log(log_file, previous, succeeded=code == 0)
     return code
 
 
-def run_stage(name: str, part: str | None, worker: int, params: "Params", task: str, whole: bool) -> int:
+def run_stage(
+    name: str, part: str | None, worker: int, params: "Params", task: str, whole: bool, options: dict | None = None
+) -> int:
     """Run the stage (or one part of it); its one-line error and exit status when it fails."""
     from litpipe.errors import StageError
     from litpipe.io import write_json
@@ -155,7 +169,7 @@ def run_stage(name: str, part: str | None, worker: int, params: "Params", task: 
     adopt_library_loggers()
     try:
         if part is None:
-            stage.run(params)
+            stage.run(params, **(options or {}))
         elif part == "worker":
             stage.worker(params, worker)
         else:

@@ -139,6 +139,19 @@ class SearchParams(Section):
         return search_space.parse(self.space)
 
 
+class ReplicatesParams(Section):
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=1000)]  # the fit and test once per seed
+    n_workers: PositiveInt  # replicate fits at once, each on its share of the cores (GPUs round-robin)
+
+    @field_validator("seeds")
+    @classmethod
+    def distinct(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice; each replicate needs its own seed")
+        return seeds
+
+
 class ObserveParams(Section):
     log_every_n_steps: PositiveInt
     gradient_norms: bool
@@ -164,6 +177,7 @@ class Params(Section):
     sanity: SanityParams
     lr_find: LrFindParams
     search: SearchParams
+    replicates: ReplicatesParams
     observe: ObserveParams
     report: ReportParams
 

@@ -1,8 +1,9 @@
 """DVC experiments: `litpipe record` makes a Snakemake run one, `litpipe experiments` compares them.
 
 `litpipe experiments` is `dvc exp show` narrowed to what a comparison needs, in a 120-column terminal:
-the test metrics, then the params that differ between the experiments shown; no timestamps, no hashes
-of dependencies and outputs (DVC lists every one of them), no fit-internal metrics. The report's
+the test metrics (over seed replicates, the accuracy's mean and standard deviation), then the params that
+differ between the experiments shown; no timestamps, no hashes of dependencies and outputs (DVC lists every
+one of them), no fit-internal metrics. The report's
 experiments section shows the same columns (`dvc exp show --csv` with these options).
 """
 
@@ -21,7 +22,10 @@ SHOW = [
     "show",
     "--only-changed",  # params and metrics that differ across the rows shown
     "--drop",
-    rf"^Created$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_acc|best_val_loss|epochs|samples)$",
+    # Over seed replicates the accuracy's mean and std are kept; its interval, the loss's spread and the seed
+    # count (replicates.seeds shows the seeds) are in `dvc exp show` and the report.
+    rf"^Created$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_acc|best_val_loss|epochs|samples|seeds)$"
+    r"|^(accuracy|loss)_ci95_(low|high)$|^loss_(mean|std)$",
     "--keep",
     # Experiment names (--only-changed drops the column where no row has one), and results/test/metrics.json,
     # shown even where every experiment has the same.

@@ -4,6 +4,8 @@ dvc.yaml repeats these strings because the orchestrators need them literally (th
 them from there); a test checks that every file named here is an output dvc.yaml declares.
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
@@ -38,6 +40,11 @@ RESUME_BEST_CKPT = MODELS / "resume-best.ckpt"
 
 TB = Path("tb")
 LOGS = Path("logs")
+
+# Each seed of replicates.seeds after the first: its checkpoint, results and TensorBoard run, one entry per
+# seed in each of these directories (fit_run). Empty with one seed.
+REPLICATE_DIRS = (MODELS / "replicates", RESULTS / "replicates", TB / "replicates")
+REPLICATES_INDEX = "seeds.json"  # in each of them: where every seed's run is (written by `litpipe fit`)
 WANDB = LOGS / "wandb"  # offline Weights & Biases runs, when observe.wandb is on
 TIMING = RESULTS / "timing"
 REPORT_NOTEBOOK = Path("workflow/notebooks/report.ipynb")
@@ -61,12 +68,61 @@ FIT_CURVES = FIT / "curves.png"
 FIT_SUMMARY = FIT / "summary.json"
 FIT_METRICS = FIT / "metrics.json"
 TEST_METRICS = TEST / "metrics.json"
+TEST_SEEDS = TEST / "seeds.csv"  # the test metrics of each seed's checkpoint
 ANALYSIS_SUMMARY = ANALYSIS / "summary.json"
 PER_CLASS_TABLE = ANALYSIS / "per_class.csv"
 ANALYSIS_PLOTS = {
     name: ANALYSIS / f"{name}.png"
     for name in ("confusion", "mistakes", "reliability", "per_class", "activations_pca", "activations_evolution")
 }
+
+
+@dataclass(frozen=True)
+class FitRun:
+    """Where one fit writes: its checkpoint, its results (history.csv, summary.json, ...), its TensorBoard
+    run and log, and what a preempted run resumes from."""
+
+    task: str  # its name in logs/ ("fit", "fit-seed-1")
+    checkpoint: Path
+    results: Path
+    tensorboard: Path
+    resume: Path
+    resume_best: Path
+
+    @property
+    def log(self) -> Path:
+        return log_file(self.task)
+
+    @property
+    def run_name(self) -> str:  # the TensorBoard run, relative to tb/
+        return self.tensorboard.relative_to(TB).as_posix()
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:  # what it makes, as orchestrators declare it
+        return self.checkpoint, self.results, self.tensorboard
+
+    history = property(lambda self: self.results / "history.csv")
+    activations = property(lambda self: self.results / "activations.csv")
+    curves = property(lambda self: self.results / "curves.png")
+    summary = property(lambda self: self.results / "summary.json")
+    metrics = property(lambda self: self.results / "metrics.json")
+
+
+def fit_run(seed: int, seeds: Sequence[int]) -> FitRun:
+    """The fit of `seed` among replicates.seeds: the first seed's at the stage's own paths (models/best.ckpt,
+    results/fit, tb/fit), each other seed's under replicates/seed-<seed>."""
+    if seed == seeds[0]:
+        return FitRun("fit", BEST_CKPT, FIT, TB / "fit", RESUME_CKPT, RESUME_BEST_CKPT)
+    tag = f"seed-{seed}"
+    models, results, tensorboard = REPLICATE_DIRS
+    return FitRun(
+        f"fit-{tag}",
+        models / f"{tag}.ckpt",
+        results / tag,
+        tensorboard / tag,
+        MODELS / f"resume-{tag}.ckpt",
+        MODELS / f"resume-best-{tag}.ckpt",
+    )
 
 
 def tb_dir(stage: str) -> Path:
@@ -103,6 +159,8 @@ def report_inputs() -> dict[str, str]:
         "fit_summary": FIT_SUMMARY,
         "fit_tensorboard": tb_dir("fit"),
         "test_metrics": TEST_METRICS,
+        "test_seeds": TEST_SEEDS,
+        "replicates": REPLICATE_DIRS[1],
         "analysis_summary": ANALYSIS_SUMMARY,
         "per_class_table": PER_CLASS_TABLE,
         **{f"{name}_plot": path for name, path in ANALYSIS_PLOTS.items()},

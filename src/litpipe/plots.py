@@ -3,6 +3,7 @@
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -15,6 +16,9 @@ from matplotlib.textpath import TextToPath
 from numpy.typing import ArrayLike
 
 from litpipe.io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Headless (Agg) in the pipeline's processes. A Jupyter kernel's inline backend is kept: the report
 # notebook imports this module, and under Agg its figures would not be shown.
@@ -86,4 +90,24 @@ def examples_per_class(
             ax.spines[:].set_visible(False)
         row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8, parse_math=False)
     fig.suptitle("Training examples per class")
+    return fig
+
+
+def replicates_figure(seeds: "pd.DataFrame", spread: dict[str, float], histories: dict[int, "pd.DataFrame"]) -> Figure:
+    """The spread over seed replicates: each seed's test accuracy with the mean and its 95% confidence interval
+    (`spread`, from litpipe.spread), and each seed's validation loss per epoch."""
+    fig = figure(10, 3.8)
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    positions = np.arange(len(seeds))
+    acc_ax.axhspan(spread["ci95_low"], spread["ci95_high"], color="tab:blue", alpha=0.15, label="95% CI of the mean")
+    acc_ax.axhline(spread["mean"], color="tab:blue", label=f"mean {spread['mean']:.4f}")
+    acc_ax.scatter(positions, seeds["accuracy"], color="black", zorder=3, label="one seed")
+    acc_ax.set_xticks(positions, [f"seed {seed}" for seed in seeds["seed"]])
+    acc_ax.set_xlim(-0.5, len(seeds) - 0.5)
+    acc_ax.set(ylabel="test accuracy", title=f"Test accuracy over {len(seeds)} seeds")
+    acc_ax.legend(fontsize=8)
+    for seed, history in histories.items():
+        loss_ax.plot(history["epoch"] + 1, history["val/loss"], label=f"seed {seed}")
+    loss_ax.set(xlabel="epoch", ylabel="validation loss", yscale="log", title="Validation loss of each seed's fit")
+    loss_ax.legend(fontsize=8)
     return fig

@@ -42,14 +42,15 @@ class Preempted(Exception):
 
 class Preemption(Callback):
     """Catches SIGUSR1 and SIGTERM during training and stops at the end of the epoch in progress, after
-    saving models/resume.ckpt and a copy of the best checkpoint (orchestrators delete a failed job's
-    outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM handling would stop the
+    saving the run's resume checkpoint (models/resume.ckpt) and a copy of its best checkpoint (orchestrators
+    delete a failed job's outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM handling would stop the
     loop, even mid-validation, without keeping the progress. After training they stay, so a signal while
     the fit writes its results lets it finish them.
     Keep it the last callback: its checkpoint must come after every other callback's epoch-end work."""
 
-    def __init__(self, fingerprint: str) -> None:
+    def __init__(self, fingerprint: str, run: paths.FitRun) -> None:
         self.fingerprint = fingerprint
+        self.run = run
         self.signal: str | None = None
         self._saving = False
         self._restored_rng: dict[str, Any] | None = None
@@ -75,18 +76,19 @@ class Preemption(Callback):
         if not self.signal:
             return
         self._saving = True
+        run = self.run
         if trainer.is_global_zero:
-            with atomic_path(paths.RESUME_CKPT) as tmp:
+            with atomic_path(run.resume) as tmp:
                 trainer.save_checkpoint(tmp)
-            if paths.BEST_CKPT.exists():
-                with atomic_path(paths.RESUME_BEST_CKPT) as tmp:
-                    shutil.copy2(paths.BEST_CKPT, tmp)
+            if run.checkpoint.exists():
+                with atomic_path(run.resume_best) as tmp:
+                    shutil.copy2(run.checkpoint, tmp)
         else:
-            trainer.save_checkpoint(paths.RESUME_CKPT)  # collective; only the first process writes
-        raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {paths.RESUME_CKPT}")
+            trainer.save_checkpoint(run.resume)  # collective; only the first process writes
+        raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {run.resume}")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if self._saving:  # only the resume checkpoint; models/best.ckpt stays weights and training state
+        if self._saving:  # only the resume checkpoint; the best checkpoint stays weights and training state
             checkpoint[RESUME_KEY] = {"fingerprint": self.fingerprint, "rng": random_states()}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -95,30 +97,32 @@ class Preemption(Callback):
 
 def fingerprint(params: Params, meta: dict[str, Any]) -> str:
     """What a resumed fit must share with the one that stopped: every param, and the prepared data."""
-    identity = {"params": params.model_dump(), "data": meta["sha256"]}
+    # The replicate's own seed is params.seed; which other seeds run beside it changes nothing.
+    identity = {"params": params.model_dump(exclude={"replicates"}), "data": meta["sha256"]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def resume_point(fingerprint: str) -> str | None:
-    """The checkpoint of a preempted earlier fit with these params and data, its best checkpoint put back;
-    None to start afresh. A resume checkpoint of other params or data is set aside, not resumed."""
-    if not paths.RESUME_CKPT.exists():
+def resume_point(fingerprint: str, run: paths.FitRun) -> str | None:
+    """The checkpoint of the run's preempted earlier fit with these params and data, its best checkpoint put
+    back; None to start afresh. A resume checkpoint of other params or data is set aside, not resumed."""
+    if not run.resume.exists():
         return None
-    saved = checkpoints.read(paths.RESUME_CKPT).get(RESUME_KEY, {})
+    saved = checkpoints.read(run.resume).get(RESUME_KEY, {})
     if saved.get("fingerprint") != fingerprint:
-        log.warning("%s was saved with other params or data: starting the fit afresh", paths.RESUME_CKPT)
-        discard()
+        log.warning("%s was saved with other params or data: starting the fit afresh", run.resume)
+        discard(run)
         return None
-    if paths.RESUME_BEST_CKPT.exists():
-        with atomic_path(paths.BEST_CKPT) as tmp:
-            shutil.copy2(paths.RESUME_BEST_CKPT, tmp)
-    log.info("resuming the preempted fit from %s", paths.RESUME_CKPT)
-    return str(paths.RESUME_CKPT)
+    if run.resume_best.exists():
+        run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run.checkpoint) as tmp:
+            shutil.copy2(run.resume_best, tmp)
+    log.info("resuming the preempted fit from %s", run.resume)
+    return str(run.resume)
 
 
-def discard() -> None:
-    paths.RESUME_CKPT.unlink(missing_ok=True)
-    paths.RESUME_BEST_CKPT.unlink(missing_ok=True)
+def discard(run: paths.FitRun) -> None:
+    run.resume.unlink(missing_ok=True)
+    run.resume_best.unlink(missing_ok=True)
 
 
 def random_states() -> dict[str, Any]:

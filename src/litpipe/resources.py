@@ -10,6 +10,7 @@ splits its cores between the workers it starts and hands each its share in the e
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -65,14 +66,23 @@ def use_cpu_share() -> int:
     physical core among them, and no more than OMP_NUM_THREADS where a scheduler set it (Snakemake sets
     it to the rule's threads). Returns the number of threads."""
     given = os.environ.get(WORKER_CPUS)
-    cpus = [int(cpu) for cpu in given.split(",")] if given else available_cpus()
-    if given and hasattr(os, "sched_setaffinity"):
+    return use_cpus([int(cpu) for cpu in given.split(",")] if given else available_cpus(), pin=bool(given))
+
+
+def use_cpus(cpus: list[int], pin: bool = True) -> int:
+    """Run on these cores (pinned to them), one thread per physical core; the number of threads."""
+    if pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     threads = threads_for(cpus)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     torch.set_num_threads(threads)
     return threads
+
+
+def exit_reason(code: int) -> str:
+    """A child process's exit status in words: "code 1", "signal SIGKILL"."""
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
 
 
 def threads_for(cpus: list[int]) -> int:

@@ -1,8 +1,9 @@
 # What a cluster adds to the DAG of dvc.yaml, in one place: params validation, where jobs go, the
 # resources of each stage, which stages run on the submit host.
 import os
+from pathlib import Path
 
-from litpipe import dag
+from litpipe import dag, paths
 from litpipe.config import load_params
 from litpipe.errors import ConfigError
 
@@ -19,6 +20,8 @@ if config:  # nothing reads Snakemake's config: a value given there would silent
 STAGES = dag.load()
 TRACKED = PARAMS.model_dump()  # the values behind each stage's tracked keys: a changed one re-runs the stage
 SEARCH_WORKERS = range(PARAMS.search.n_workers)
+SEEDS = PARAMS.replicates.seeds
+REPLICATES = {seed: paths.fit_run(seed, SEEDS) for seed in SEEDS[1:]}  # the fits after the first seed's
 
 # Every rule runs the litpipe CLI from the environment Snakemake was started in (SLURM jobs
 # inherit it); environment.yml documents that environment for conda users.
@@ -66,5 +69,17 @@ def cores(rule_name):
     return RESOURCES[KIND.get(rule_name, "light")]["cpus_per_task"]
 
 
-def outputs(paths):
-    return [directory(path) if dag.is_directory(path) else path for path in paths]
+def outputs(files):
+    return [directory(path) if dag.is_directory(path) else path for path in files]
+
+
+def per_seed(files):
+    """dvc.yaml's replicate directories as Snakemake knows them: each further seed's entry in them, which its
+    own job makes (fit.smk); empty with one seed."""
+    found = []
+    for path in files:
+        if Path(path) in paths.REPLICATE_DIRS:
+            found += [str(out) for run in REPLICATES.values() for out in run.outputs if out.parent == Path(path)]
+        else:
+            found.append(path)
+    return found

@@ -1,15 +1,15 @@
-# One rule per stage of dvc.yaml (except the search, fanned out in search.smk): the same command,
-# inputs (source files included), outputs and tracked params, read from there at parse time.
+# One rule per stage of dvc.yaml (except those fanned out into jobs: search.smk, fit.smk): the same
+# command, inputs (source files included), outputs and tracked params, read from there at parse time.
 
 for stage in STAGES.values():
-    if stage.name == "search":
+    if stage.name in ("search", "fit"):
         continue
 
     rule:
         name:
             stage.name
         input:
-            dag.inputs(stage, STAGES),
+            per_seed(dag.inputs(stage, STAGES)),
         output:
             outputs(stage.results),
         log:

@@ -1,20 +1,32 @@
-"""fit: final training with the best searched params, early stopping and weight averaging.
+"""fit: final training with the best searched params, early stopping and weight averaging, once per seed
+of replicates.seeds.
 
 models/best.ckpt holds the weights with the lowest validation loss; once averaging has started
 those are the averaged weights, which are also the ones validated (see training.StochasticWeightAveraging).
 Early stopping may only stop training once the average has been validated for a full patience
 window, so it can never silently discard the average. The run is tb/fit: an HPARAMS session
-with the same columns as the search trials, plus the test accuracy of the saved checkpoint.
+with the same columns as the search trials, plus the test accuracy of the saved checkpoint. The first seed's run is models/best.ckpt, results/fit and tb/fit;
+each further seed's is models/replicates/seed-S.ckpt, results/replicates/seed-S and tb/replicates/seed-S.
 """
 
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
-from litpipe import paths, plots, training
+from litpipe import paths, plots, resources, training
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.errors import ConfigError, StageError
@@ -33,15 +45,110 @@ from litpipe.training import (
 
 log = logging.getLogger(__name__)
 
+RUN_PARTS = ("checkpoint", "results", "tensorboard")  # paths.FitRun.outputs, named
+
+
+def run(params: Params, seed: int | None = None) -> None:
+    """The fit of every seed of replicates.seeds: the first seed's in this process, the others' as `litpipe
+    fit --seed S` processes beside it (replicates.n_workers fits at once); with `seed`, that seed's fit alone
+    (a cluster job of its own)."""
+    seeds = params.replicates.seeds
+    if seed is not None and seed not in seeds:
+        raise StageError(f"--seed {seed} is not one of replicates.seeds {seeds}")
+    rank_zero = rank_zero_only.rank == 0  # DDP ranks re-run the command: only the first process manages the runs
+    if rank_zero and seed in (None, seeds[0]):  # the stage's own run, under either engine
+        keep_only_replicates_of(seeds)
+    if seed is not None or len(seeds) == 1 or not rank_zero:
+        fit(params, seeds[0] if seed is None else seed)
+        return
+    with Replicates(params, seeds[1:]) as others:
+        fit(params, seeds[0], label=f"seed {seeds[0]}: ", cpus=others.first_share)
+        others.first_done()
+
+
+def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = None) -> None:
+    """Train with `seed` and write its run (paths.fit_run): checkpoint, history, curves, summary, TensorBoard."""
+    run_paths = paths.fit_run(seed, params.replicates.seeds)
+    searched = read_json(paths.SEARCH_BEST)["params"]
+    try:
+        params = params.override({**searched, "seed": seed})
+    except ConfigError as error:
+        raise StageError(f"{paths.SEARCH_BEST}: {error}; run the search again") from None
+    if cpus:
+        resources.use_cpus(cpus)
+    # Each seed's checkpoint has its own name in models/replicates: the others there are no stale files.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    seed_everything(seed)
+    meta, data = load_meta(), PreparedData.from_params(params)
+    model = build_model(params, meta)
+    identity = fingerprint(params, meta)
+    probe = load_split("val").head(params.observe.probe_size).x
+    session = assemble(params, probe, run_paths, identity=identity, label=label)
+    trainer, tensorboard, history = session.trainer, session.tensorboard, session.history
+    swa_start = swa_start_epoch(params)
+    provenance = describe_run(tensorboard, params, model)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume_point(identity, run_paths), weights_only=True)
+    except Preempted as stop:
+        again = "run the stage again to resume" if run_paths.resume.exists() else "run the stage again"
+        raise StageError(f"fit preempted by {stop}; {again}") from None
+    if not trainer.is_global_zero:
+        return  # under DDP the first process writes the results
+    discard(run_paths)
+    test_acc = test_accuracy_of_checkpoint(params, data, tensorboard, run_paths.checkpoint)
+
+    table = pd.DataFrame(history.rows)
+    run_paths.results.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_paths.history) as tmp:
+        table.to_csv(tmp, index=False)
+    rows = [row for monitor in session.monitors for row in monitor.activation_rows]
+    with atomic_path(run_paths.activations) as tmp:
+        pd.DataFrame(rows, columns=ACTIVATION_COLUMNS).to_csv(tmp, index=False)
+    best = history.best()
+    figure = curves_figure(table, best, swa_start)
+    add_figure(tensorboard, "curves", figure, trainer.global_step)
+    plots.save(figure, run_paths.curves)
+
+    metrics = {
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": best[MONITOR],
+        "best_val_acc": best["val/acc"],
+        "epochs": len(table),
+    }
+    write_json(run_paths.metrics, metrics)
+    write_json(
+        run_paths.summary,
+        {
+            "seed": seed,
+            **metrics,
+            "test_acc_in_fit": test_acc,
+            "searched_params": searched,
+            "params": {"model": params.model.model_dump(), "optim": params.optim.model_dump()},
+            "swa_start_epoch": swa_start,
+            # The average is first updated at the end of epoch swa_start and validated from the next epoch.
+            "checkpoint_is_averaged": best["epoch"] > swa_start,
+            "early_stopped": session.early_stopping.stopped_epoch > 0,
+            **provenance,
+        },
+    )
+    log.info("%sbest epoch %d: val/loss %.4f, val/acc %.4f", label, best["epoch"], best[MONITOR], best["val/acc"])
+    add_log_file(tensorboard, run_paths.log)
+    session.end_session(test_acc)
+
 
 def assemble(
-    params: Params, probe: torch.Tensor, callbacks: Sequence[Callback] = (), identity: str = ""
+    params: Params,
+    probe: torch.Tensor,
+    run: paths.FitRun,
+    callbacks: Sequence[Callback] = (),
+    identity: str = "",
+    label: str = "",
 ) -> TrainingRun:
     """The fit's Trainer: the shared training run plus weight averaging, the best checkpoint and
     preemption, whose resume checkpoint carries `identity` (`litpipe bench` times exactly this)."""
     checkpoint = ModelCheckpoint(
-        dirpath=paths.BEST_CKPT.parent,
-        filename=paths.BEST_CKPT.stem,
+        dirpath=run.checkpoint.parent,
+        filename=run.checkpoint.stem,
         monitor=MONITOR,
         mode="min",
         save_top_k=1,
@@ -53,84 +160,128 @@ def assemble(
     swa_start = swa_start_epoch(params)
     return training.assemble(
         params,
-        "fit",
+        run.run_name,
         probe,
         params.train.max_epochs,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.
-        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, *callbacks, Preemption(identity)],
+        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, *callbacks, Preemption(identity, run)],
+        label=label,
         distributed=True,
         enable_checkpointing=True,
         min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
     )
 
 
-def run(params: Params) -> None:
-    searched = read_json(paths.SEARCH_BEST)["params"]
-    try:
-        params = params.override(searched)
-    except ConfigError as error:
-        raise StageError(f"{paths.SEARCH_BEST}: {error}; run the search again") from None
-    seed_everything(params.seed)
-    meta, data = load_meta(), PreparedData.from_params(params)
-    model = build_model(params, meta)
-    identity = fingerprint(params, meta)
-    fit = assemble(params, load_split("val").head(params.observe.probe_size).x, identity=identity)
-    trainer, tensorboard, history, swa_start = fit.trainer, fit.tensorboard, fit.history, swa_start_epoch(params)
-    provenance = describe_run(tensorboard, params, model)
-    try:
-        trainer.fit(model, datamodule=data, ckpt_path=resume_point(identity), weights_only=True)
-    except Preempted as stop:
-        again = "run the stage again to resume" if paths.RESUME_CKPT.exists() else "run the stage again"
-        raise StageError(f"fit preempted by {stop}; {again}") from None
-    if not trainer.is_global_zero:
-        return  # under DDP the first process writes the results
-    discard()
-    test_acc = test_accuracy_of_checkpoint(params, data, tensorboard)
+def keep_only_replicates_of(seeds: list[int]) -> None:
+    """The replicate directories (declared outputs) as this run leaves them: the entries of these seeds only,
+    so a seed dropped from replicates.seeds leaves nothing behind, and in each a map of where every seed's run
+    is (paths.REPLICATES_INDEX): a reader finds the first seed's outside, and DVC warns of an empty output."""
+    runs = {seed: paths.fit_run(seed, seeds) for seed in seeds}
+    index = {str(seed): {name: str(path) for name, path in zip(RUN_PARTS, run.outputs)} for seed, run in runs.items()}
+    current = {path for run in list(runs.values())[1:] for path in run.outputs}
+    for directory in paths.REPLICATE_DIRS:
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in directory.iterdir():
+            if entry not in current:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        write_json(directory / paths.REPLICATES_INDEX, {"seeds": seeds, "runs": index})
 
-    table = pd.DataFrame(history.rows)
-    with atomic_path(paths.FIT_HISTORY) as tmp:
-        table.to_csv(tmp, index=False)
-    rows = [row for monitor in fit.monitors for row in monitor.activation_rows]
-    with atomic_path(paths.FIT_ACTIVATIONS) as tmp:
-        pd.DataFrame(rows, columns=ACTIVATION_COLUMNS).to_csv(tmp, index=False)
-    best = history.best()
-    figure = curves_figure(table, best, swa_start)
-    add_figure(tensorboard, "curves", figure, trainer.global_step)
-    plots.save(figure, paths.FIT_CURVES)
 
-    metrics = {
-        "best_epoch": int(best["epoch"]),
-        "best_val_loss": best[MONITOR],
-        "best_val_acc": best["val/acc"],
-        "epochs": len(table),
-    }
-    write_json(paths.FIT_METRICS, metrics)
-    write_json(
-        paths.FIT_SUMMARY,
-        {
-            **metrics,
-            "test_acc_in_fit": test_acc,
-            "searched_params": searched,
-            "params": {"model": params.model.model_dump(), "optim": params.optim.model_dump()},
-            "swa_start_epoch": swa_start,
-            # The average is first updated at the end of epoch swa_start and validated from the next epoch.
-            "checkpoint_is_averaged": best["epoch"] > swa_start,
-            "early_stopped": fit.early_stopping.stopped_epoch > 0,
-            **provenance,
-        },
-    )
-    log.info("best epoch %d: val/loss %.4f, val/acc %.4f", best["epoch"], best[MONITOR], best["val/acc"])
-    add_log_file(tensorboard, paths.log_file("fit"))
-    fit.end_session(test_acc)
+class Replicates:
+    """The fits of further seeds, each a `litpipe fit --seed S` process, started as slots free up. There are
+    replicates.n_workers slots (one under DDP, whose fit takes every device), each with its share of the cores
+    and a GPU round-robin; the first seed's fit in this process holds slot 0 until `first_done`. If that fit
+    fails or is preempted, or a preemption signal comes after it, the others are stopped with SIGTERM, so they
+    save what a re-run resumes from."""
+
+    def __init__(self, params: Params, seeds: list[int]) -> None:
+        distributed = params.train.devices * params.train.num_nodes > 1
+        self.slots = 1 if distributed else min(params.replicates.n_workers, len(seeds) + 1)
+        self.shares, self.gpus = resources.cpu_shares(self.slots), resources.visible_gpus()
+        self.seeds = params.replicates.seeds
+        self.pending = deque(seeds)
+        self.running: dict[int, tuple[int, subprocess.Popen]] = {}
+        self.failed: list[str] = []
+        self.signal: str | None = None
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._schedule, name="replicates", daemon=True)
+
+    @property
+    def first_share(self) -> list[int] | None:
+        return self.shares[0] if self.slots > 1 else None  # alone, the fit keeps every core it was given
+
+    def first_done(self) -> None:
+        """The first seed's fit is over: its slot is free, and SIGTERM or SIGUSR1 to this process (which its
+        fit handled until now) stops the others."""
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, self._interrupted)
+        self._first.set()
+
+    def _interrupted(self, signum: int, frame) -> None:
+        self.signal = signal.Signals(signum).name
+        self._stop.set()
+
+    def __enter__(self) -> "Replicates":
+        log.info("fitting seeds %s: %d at once", self.seeds, self.slots)
+        self._thread.start()
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:
+            self._stop.set()
+        self._first.set()
+        self._thread.join()
+        if error_type is not None:
+            return
+        if self.signal:
+            raise StageError(f"fit stopped by {self.signal}: {'; '.join(self.failed)}; run the stage again to resume")
+        if self.failed:
+            raise StageError(f"{'; '.join(self.failed)}; the fits that finished are kept, run the stage again")
+
+    def _schedule(self) -> None:
+        stopping = False
+        while self.pending or self.running:
+            for slot, (seed, process) in list(self.running.items()):
+                if process.poll() is not None:
+                    del self.running[slot]
+                    self._finished(seed, process.returncode)
+            if self._stop.is_set() and not stopping:
+                stopping = True
+                self.pending.clear()
+                for seed, process in self.running.values():
+                    log.info("stopping the fit of seed %d", seed)
+                    process.send_signal(signal.SIGTERM)
+            busy = set(self.running) | (set() if self._first.is_set() else {0})
+            for slot in range(self.slots):
+                if self.pending and slot not in busy:
+                    self._start(self.pending.popleft(), slot)
+            self._stop.wait(0.2)
+
+    def _start(self, seed: int, slot: int) -> None:
+        env = {**os.environ, **resources.worker_environment(slot, self.shares[slot], self.gpus)}
+        command = [sys.executable, "-m", "litpipe.cli", "fit", "--seed", str(seed)]
+        # Its errors go with its progress: the stage's one error line on stderr is this process's.
+        self.running[slot] = (seed, subprocess.Popen(command, env=env, stderr=subprocess.STDOUT))
+        log.info("seed %d: fit started (pid %d, cores %s)", seed, self.running[slot][1].pid, self.shares[slot])
+
+    def _finished(self, seed: int, code: int) -> None:
+        if code == 0:
+            log.info("seed %d: fit finished", seed)
+            return
+        log_file = paths.fit_run(seed, self.seeds).log
+        where = paths.failed_log_file(log_file) if paths.failed_log_file(log_file).exists() else log_file
+        self.failed.append(f"the fit of seed {seed} exited with {resources.exit_reason(code)} (see {where})")
+        log.warning("%s", self.failed[-1])
 
 
 def swa_start_epoch(params: Params) -> int:
     return max(0, round(params.train.swa_epoch_start * params.train.max_epochs) - 1)
 
 
-def test_accuracy_of_checkpoint(params: Params, data: PreparedData, tensorboard) -> float:
-    """Test accuracy of models/best.ckpt, for the HPARAMS table; the test stage re-checks it in a fresh process."""
-    model = Classifier.from_checkpoint(paths.BEST_CKPT)
+def test_accuracy_of_checkpoint(params: Params, data: PreparedData, tensorboard, checkpoint: Path) -> float:
+    """Test accuracy of the checkpoint, for the HPARAMS table; the test stage re-checks it in a fresh process."""
+    model = Classifier.from_checkpoint(checkpoint)
     (result,) = make_trainer(params, logger=tensorboard).test(model, datamodule=data, verbose=False)
     log.info("test accuracy of the checkpoint: %.4f", result["test/acc"])
     return result["test/acc"]

@@ -102,7 +102,7 @@ def run_workers(params: Params) -> None:
     failed = [(index, code) for index, code in failed if code != 0]
     if not failed:
         return
-    described = ", ".join(f"worker {i} exited with {_exit_reason(code)}" for i, code in failed)
+    described = ", ".join(f"worker {i} exited with {resources.exit_reason(code)}" for i, code in failed)
     unfinished = shared.open_study(params).get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     if unfinished:
         raise StageError(f"{described}; completed trials are kept, run the stage again to finish the study")
@@ -136,7 +136,3 @@ def _route_optuna_logs() -> None:
 
 def _where(params: Params) -> str:
     return str(paths.STUDY_JOURNAL) if params.search.storage == "journal" else params.search.storage.split("@")[-1]
-
-
-def _exit_reason(code: int) -> str:
-    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"

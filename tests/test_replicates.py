@@ -1,0 +1,234 @@
+"""Seed replicates: `litpipe fit` trains every seed of replicates.seeds (the first in its own process, the
+others as processes beside it), `litpipe test` evaluates every checkpoint and reports their spread, and an
+interrupted replicate fit resumes to the numbers of one that never stopped."""
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from litpipe import paths
+from litpipe.config import Params
+from litpipe.io import write_json
+from litpipe.spread import spread
+from litpipe.stages import fit, prepare
+
+from .helpers import copy_workspace, tool_env, wait_until
+
+EPOCHS = 120  # with batch 8, a fit outlasts the start of the next seed's process (~5 s)
+CHANGES = {
+    "train.max_epochs": EPOCHS,
+    "train.batch_size": 8,
+    "train.early_stopping_patience": 50,
+    "train.swa_epoch_start": 0.25,
+    "train.accelerator": "cpu",
+    "observe.histograms": False,
+    "replicates.seeds": [0, 1, 2],
+    "replicates.n_workers": 2,
+}
+SEEDS = CHANGES["replicates.seeds"]
+
+
+def runs(seeds: list[int]) -> dict[int, paths.FitRun]:
+    return {seed: paths.fit_run(seed, seeds) for seed in seeds}
+
+
+def start(args: list[str], workspace: Path, log: str) -> subprocess.Popen:
+    with open(workspace / log, "w") as out:  # a file: a pipe nobody reads fills up and blocks the child
+        return subprocess.Popen(["litpipe", *args], cwd=workspace, env=tool_env(), stdout=out, stderr=subprocess.PIPE)
+
+
+def finish(args: list[str], workspace: Path) -> str:
+    process = start(args, workspace, f"{args[0]}.out")
+    _, errors = process.communicate(timeout=600)
+    output = (workspace / f"{args[0]}.out").read_text()
+    assert process.returncode == 0, output[-3000:] + errors.decode()
+    return output
+
+
+def read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory, default_params) -> Path:
+    """Prepared digits and an (empty) search result: what the fit needs."""
+    workspace = tmp_path_factory.mktemp("ready")
+    params = Params.model_validate(default_params).override(CHANGES)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workspace)
+        prepare.run(params)
+        write_json(paths.SEARCH_BEST, {"params": {}})
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def replicated(ready, tmp_path_factory) -> tuple[Path, str]:
+    """Three seeds fitted, two at a time, and tested, never interrupted; and the fit's output."""
+    workspace = copy_workspace(ready, tmp_path_factory.mktemp("replicated") / "workspace")
+    output = finish(["fit"], workspace)
+    finish(["test"], workspace)
+    return workspace, output
+
+
+def test_every_seed_is_fitted_two_at_a_time_into_its_own_run(replicated):
+    workspace, output = replicated
+    for seed, run in runs(SEEDS).items():
+        summary = json.loads((workspace / run.summary).read_text())
+        assert summary["seed"] == seed
+        assert (workspace / run.checkpoint).stat().st_size > 0
+        assert list((workspace / run.tensorboard).glob("events.out.tfevents.*")), run.tensorboard
+        assert f"{run.task} finished" in read(workspace / run.log)
+    checkpoints = [(workspace / run.checkpoint).read_bytes() for run in runs(SEEDS).values()]
+    assert len(set(checkpoints)) == 3  # three seeds, three models
+    # Every replicate directory holds the map of where each seed's run is, and nothing else but those runs.
+    for directory in paths.REPLICATE_DIRS:
+        index = json.loads((workspace / directory / paths.REPLICATES_INDEX).read_text())
+        assert index["seeds"] == SEEDS and index["runs"]["0"]["checkpoint"] == str(paths.BEST_CKPT)
+        assert {entry.name for entry in (workspace / directory).iterdir()} - {paths.REPLICATES_INDEX} == {
+            path.name for run in list(runs(SEEDS).values())[1:] for path in run.outputs if path.parent == directory
+        }
+    # Two at a time (replicates.n_workers): seed 1 started beside seed 0, seed 2 once one of them finished.
+    lines = output.splitlines()
+
+    def first(pattern: str) -> int:
+        return next(index for index, line in enumerate(lines) if re.search(pattern, line))
+
+    started_2 = first(r"seed 2: fit started")
+    assert first(r"seed 1: fit started") < first(r"seed 0: best epoch")
+    assert min(first(r"seed 0: best epoch"), first(r"seed 1: fit finished")) < started_2
+
+
+def test_the_test_reports_the_first_checkpoint_and_the_spread_over_seeds(replicated):
+    workspace, _ = replicated
+    metrics = json.loads((workspace / paths.TEST_METRICS).read_text())
+    rows = list(csv.DictReader(open(workspace / paths.TEST_SEEDS)))
+    assert [int(row["seed"]) for row in rows] == SEEDS
+    assert metrics["seeds"] == 3 and metrics["samples"] == 360
+    assert metrics["accuracy"] == float(rows[0]["accuracy"]) and metrics["loss"] == float(rows[0]["loss"])
+    for name in ("accuracy", "loss"):
+        values = np.array([float(row[name]) for row in rows])
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+        assert metrics[f"{name}_mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert metrics[f"{name}_std"] == pytest.approx(values.std(ddof=1), rel=1e-12)
+        assert (metrics[f"{name}_ci95_low"], metrics[f"{name}_ci95_high"]) == pytest.approx((low, high), rel=1e-12)
+    assert len({row["loss"] for row in rows}) == 3
+    # The test of each checkpoint is the one its fit measured in-process.
+    for row, run in zip(rows, runs(SEEDS).values(), strict=True):
+        assert float(row["accuracy"]) == json.loads((workspace / run.summary).read_text())["test_acc_in_fit"]
+
+
+@pytest.mark.parametrize(
+    "while_training",
+    [(0, 1), (2,)],
+    ids=["seeds-0-and-1-train", "seed-0-done-seed-2-trains"],
+)
+def test_an_interrupted_replicate_fit_resumes_every_seed_to_the_uninterrupted_numbers(
+    ready, replicated, tmp_path, while_training
+):
+    """SIGTERM to `litpipe fit` while these seeds train: it stops every fit running at an epoch's end, each
+    saving its resume checkpoint, and fails in one line; the re-run resumes them and ends every seed where the
+    uninterrupted run ended (a seed never started is fitted afresh)."""
+    workspace = copy_workspace(ready, tmp_path / "workspace")
+    training = [runs(SEEDS)[seed] for seed in while_training]
+    fitting = start(["fit"], workspace, "interrupted.out")
+    wait_until(
+        lambda: all("epoch 3/" in read(workspace / run.log) for run in training) or fitting.poll() is not None,
+        180,
+        f"three epochs of seeds {while_training}",
+    )
+    assert fitting.poll() is None, "the fit ended before it could be interrupted"
+    fitting.send_signal(signal.SIGTERM)
+    _, errors = fitting.communicate(timeout=180)
+    message = errors.decode()
+    assert fitting.returncode == 1 and message.count("\n") == 1, message
+    assert re.search(r"fit (failed: fit preempted|failed: fit stopped) by SIGTERM", message), message
+    for run in training:
+        assert (workspace / run.resume).exists(), run.resume
+    if 0 not in while_training:
+        assert "fit preempted by SIGTERM" in read(workspace / paths.failed_log_file(training[0].log))
+
+    rerun = finish(["fit"], workspace)
+    for run in training:
+        assert "resuming the preempted fit" in (rerun if run.task == "fit" else read(workspace / run.log))
+    uninterrupted, _ = replicated
+    for run in runs(SEEDS).values():
+        for path in (run.history, run.metrics, run.activations):
+            assert (workspace / path).read_bytes() == (uninterrupted / path).read_bytes(), f"{path} differs"
+        assert not (workspace / run.resume).exists() and not (workspace / run.resume_best).exists()
+
+
+def test_a_replicate_that_dies_fails_the_stage_in_one_line_naming_its_seed_and_log(ready, tmp_path):
+    workspace = copy_workspace(ready, tmp_path / "workspace")
+    fitting = start(["fit"], workspace, "fit.out")
+    started = wait_until(
+        lambda: re.search(r"seed 1: fit started \(pid (\d+)", read(workspace / "fit.out")), 120, "seed 1's process"
+    )
+    wait_until(lambda: "epoch 2/" in read(workspace / runs(SEEDS)[1].log), 120, "an epoch of seed 1")
+    os.kill(int(started[1]), signal.SIGKILL)
+    _, errors = fitting.communicate(timeout=300)
+    message = errors.decode()
+    assert fitting.returncode == 1 and message.count("\n") == 1, message
+    assert "the fit of seed 1 exited with signal SIGKILL (see logs/fit-seed-1.log)" in message
+    # The other seeds finished and are kept.
+    assert (workspace / paths.BEST_CKPT).exists() and (workspace / runs(SEEDS)[2].checkpoint).exists()
+
+
+def test_a_seed_outside_the_list_or_a_missing_checkpoint_is_one_line(replicated, tmp_path):
+    workspace = copy_workspace(replicated[0], tmp_path / "workspace")
+    result = subprocess.run(["litpipe", "fit", "--seed", "7"], cwd=workspace, env=tool_env(), capture_output=True)
+    assert result.returncode == 1 and result.stderr.decode().count("\n") == 1
+    assert "--seed 7 is not one of replicates.seeds [0, 1, 2]" in result.stderr.decode()
+    (workspace / runs(SEEDS)[2].checkpoint).unlink()
+    before = (workspace / paths.TEST_METRICS).read_bytes()
+    result = subprocess.run(["litpipe", "test"], cwd=workspace, env=tool_env(), capture_output=True)
+    assert result.returncode == 1 and result.stderr.decode().count("\n") == 1, result.stderr
+    assert "no checkpoint models/replicates/seed-2.ckpt (seed 2)" in result.stderr.decode()
+    assert (workspace / paths.TEST_METRICS).read_bytes() == before
+
+
+def test_dropped_seeds_leave_nothing_in_the_replicate_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for run in runs([0, 1, 2, 5]).values():
+        run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        run.checkpoint.touch()
+        run.results.mkdir(parents=True)
+        run.tensorboard.mkdir(parents=True)
+    (paths.MODELS / "replicates" / "notes.txt").write_text("a stray file")
+    fit.keep_only_replicates_of([0, 2])
+    left = {
+        str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if not path.is_dir() or not any(path.iterdir())
+    }
+    assert left == {
+        "models/best.ckpt",  # the first seed's run is not in the replicate directories
+        "results/fit",
+        "tb/fit",
+        "models/replicates/seed-2.ckpt",
+        "results/replicates/seed-2",
+        "tb/replicates/seed-2",
+        *(f"{directory}/{paths.REPLICATES_INDEX}" for directory in paths.REPLICATE_DIRS),
+    }
+
+
+def test_spread_is_none_for_one_value_and_students_interval_for_more():
+    assert spread([0.97]) is None
+    two = spread([0.5, 0.7])
+    # Two values: std |a - b| / sqrt(2), and the interval mean +- t(0.975, 1) * std / sqrt(2) = 12.706 * 0.1.
+    assert two["mean"] == pytest.approx(0.6) and two["std"] == pytest.approx(0.2 / math.sqrt(2))
+    assert two["ci95_high"] - two["mean"] == pytest.approx(12.7062047 * 0.1, rel=1e-6)
+    values = [0.91, 0.93, 0.92, 0.95, 0.94]
+    low, high = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert spread(values) == pytest.approx(
+        {"mean": np.mean(values), "std": np.std(values, ddof=1), "ci95_low": low, "ci95_high": high}
+    )
+    assert spread([0.9, 0.9, 0.9]) == pytest.approx({"mean": 0.9, "std": 0.0, "ci95_low": 0.9, "ci95_high": 0.9})

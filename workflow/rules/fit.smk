@@ -1,0 +1,52 @@
+# The fit stage of dvc.yaml, fanned out per seed of replicates.seeds: rule `fit` trains the first seed
+# (the stage's own outputs: models/best.ckpt, results/fit, tb/fit), and each further seed is a job of its
+# own, fit_seed_S, writing its entries in dvc.yaml's replicate directories (paths.fit_run). Under DVC,
+# `litpipe fit` runs them all, replicates.n_workers at once.
+FIT = STAGES["fit"]
+
+
+def first_seed_outputs(stage):
+    return [path for path in stage.results if Path(path) not in paths.REPLICATE_DIRS]
+
+
+rule fit:
+    input:
+        dag.inputs(FIT, STAGES),
+    output:
+        outputs(first_seed_outputs(FIT)),
+    log:
+        FIT.logs,
+    params:
+        tracked=dag.param_values(FIT, TRACKED),
+    threads: cores("fit")
+    resources:
+        **resources("fit"),
+    conda:
+        ENVIRONMENT
+    shell:
+        f"{FIT.cmd} --seed {SEEDS[0]}"
+
+
+for replicate_seed, replicate in REPLICATES.items():
+
+    rule:
+        name:
+            replicate.task.replace("-", "_")
+        input:
+            dag.inputs(FIT, STAGES),
+        output:
+            replicate.checkpoint,
+            directory(replicate.results),
+            directory(replicate.tensorboard),
+        log:
+            replicate.log,
+        params:
+            tracked=dag.param_values(FIT, TRACKED),
+            command=f"{FIT.cmd} --seed {replicate_seed}",
+        threads: cores("fit")
+        resources:
+            **resources("fit"),
+        conda:
+            ENVIRONMENT
+        shell:
+            "{params.command}"
