@@ -215,3 +215,23 @@ def freeze_a_worker_mid_trial(
         return None
 
     return wait_until(frozen_mid_trial, 300, "trial seen training after another completed")
+
+
+def ready_to_fit(workspace: Path, params: dict, changes: dict) -> Path:
+    """`workspace` with params.yaml (`params` with dotted `changes`), the data prepared and an (empty) search
+    result: what the fit needs."""
+    from litpipe import paths
+    from litpipe.config import Params
+    from litpipe.io import write_json
+    from litpipe.stages import prepare
+
+    validated = Params.model_validate(params).override(changes)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(validated.model_dump(), sort_keys=False))
+    cwd = os.getcwd()
+    os.chdir(workspace)
+    try:
+        prepare.run(validated)
+        write_json(paths.SEARCH_BEST, {"params": {}})
+    finally:
+        os.chdir(cwd)
+    return workspace

@@ -26,9 +26,6 @@ import torch
 import yaml
 
 from litpipe import paths
-from litpipe.config import Params
-from litpipe.io import write_json
-from litpipe.stages import prepare
 
 from .helpers import (
     ROOT,
@@ -37,6 +34,7 @@ from .helpers import (
     copy_repo,
     copy_workspace,
     edit_params,
+    ready_to_fit,
     require_tool,
     run,
     tool_env,
@@ -103,6 +101,11 @@ BAD_PARAMS = {
     "no such option": ("  arch: mlp", "  arch: resnet", "model.arch: input should be 'mlp' or 'cnn'"),
     "no such sampler": ("  sampler: grid", "  sampler: bayes", "search.sampler: input should be 'grid', 'random' or 'tpe'"),
     "no such dataset": ("  dataset: digits", "  dataset: imagenet", "data.dataset: unknown dataset 'imagenet'"),
+    "a seed listed twice": ("  seeds: [0]", "  seeds: [0, 1, 0]", "replicates.seeds: seed 0 is listed twice"),
+    "no seeds": ("  seeds: [0]", "  seeds: []", "replicates.seeds: list should have at least 1 item"),
+    "a seed as a string": ("  seeds: [0]", "  seeds: [0, '1']", "replicates.seeds.1: input should be a valid integer"),
+    "one seed, not a list": ("  seeds: [0]", "  seeds: 3", "replicates.seeds: input should be a valid list"),
+    "no replicate workers": ("  n_workers: 2             # replicate", "  n_workers: 0             # replicate", "replicates.n_workers: input should be greater than or equal to 1"),
 }  # fmt: skip
 BAD_FILES = {
     "empty": ("", "params.yaml: empty"),
@@ -296,15 +299,7 @@ def fit_log(workspace: Path) -> str:
 
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory, default_params) -> Path:
-    """Prepared data and an (empty) search result: what the fit needs."""
-    workspace = tmp_path_factory.mktemp("ready")
-    params = Params.model_validate(default_params).override(FIT_CHANGES)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workspace)
-        prepare.run(params)
-        write_json(paths.SEARCH_BEST, {"params": {}})
-    return workspace
+    return ready_to_fit(tmp_path_factory.mktemp("ready"), default_params, FIT_CHANGES)
 
 
 @pytest.fixture(scope="module")

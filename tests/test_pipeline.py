@@ -111,6 +111,49 @@ def test_dvc_exp_run_compares_a_learning_rate(pipeline, tmp_path):
     ]
 
 
+def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, tmp_path):
+    """The default pipeline's one seed reports no interval; `dvc exp run -S 'replicates.seeds=[0,1,2]'` re-runs
+    the fit and what follows, and `dvc exp show` and the report give the spread over the three seeds."""
+    single = json.loads((pipeline[0] / "results/test/metrics.json").read_text())
+    assert single["seeds"] == 1 and not [key for key in single if key.endswith(("_mean", "_std", "_low", "_high"))]
+    one_seed = (pipeline[0] / "reports/report.html").read_text().split(">Seed replicates")[1].split("<h2")[0]
+    assert "One seed (0)" in one_seed and "confidence interval to report" in one_seed and "<img" not in one_seed
+
+    repo = copy_workspace(pipeline[0], tmp_path / "repo")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline results"], repo)
+    log = run(["dvc", "exp", "run", "-n", "three-seeds", "-S", "replicates.seeds=[0,1,2]"], repo).stdout
+    assert [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")] == STAGES[4:]
+    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    experiment = next(row for row in table if row["Experiment"] == "three-seeds")
+    baseline = next(row for row in table if row["rev"] == "main")
+    metrics = json.loads((repo / "results/test/metrics.json").read_text())
+    per_seed = list(csv.DictReader((repo / "results/test/seeds.csv").open()))
+    assert [row["seed"] for row in per_seed] == ["0", "1", "2"] and experiment["seeds"] == "3"
+    for name in ("accuracy", "loss"):
+        low, mean, high = (float(experiment[f"{name}_{s}"]) for s in ("ci95_low", "mean", "ci95_high"))
+        assert low < mean < high and float(experiment[f"{name}_std"]) > 0
+        assert mean == pytest.approx(sum(float(row[name]) for row in per_seed) / 3)
+        assert float(experiment[f"{name}_mean"]) == pytest.approx(metrics[f"{name}_mean"])
+        assert baseline[f"{name}_mean"] == baseline[f"{name}_ci95_low"] == ""  # one seed: no interval
+    assert 0.9 < float(experiment["accuracy_mean"]) <= 1
+
+    section = (repo / "reports/report.html").read_text().split(">Seed replicates")[1].split("<h2")[0]
+    assert "3 seeds (0, 1, 2)" in section and f"{metrics['accuracy_mean']:.4f}" in section
+    for checkpoint in ("models/best.ckpt", "models/replicates/seed-1.ckpt", "models/replicates/seed-2.ckpt"):
+        assert f"<td>{checkpoint}</td>" in section
+    assert '<img alt="' in section and 'src="data:image/png;base64,' in section
+
+    # The readable table keeps the accuracy's mean and std beside the changed param, in 120 columns.
+    readable = subprocess.run(
+        ["litpipe", "experiments"], cwd=repo, env={**tool_env(), "COLUMNS": "120"}, capture_output=True, text=True
+    )
+    lines = readable.stdout.splitlines()
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header == ["Experiment", "accuracy", "accuracy_mean", "accuracy_std", "loss", "replicates.seeds"], header
+    assert max(len(line) for line in lines) <= 120 and "…" not in readable.stdout
+
+
 def test_fast_settings_pipeline_and_failing_sanity_stop(tmp_path):
     """A failing sanity check stops `dvc repro` before the search with a one-line reason."""
     require_tool("dvc")

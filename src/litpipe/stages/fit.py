@@ -61,6 +61,11 @@ def run(params: Params, seed: int | None = None) -> None:
     if seed is not None or len(seeds) == 1 or not rank_zero:
         fit(params, seeds[0] if seed is None else seed)
         return
+    if params.train.num_nodes > 1:  # the other seeds would be processes of this node alone
+        raise StageError(
+            f"replicates.seeds {seeds} with train.num_nodes {params.train.num_nodes}: fit the seeds as jobs of "
+            "their own (snakemake --profile slurm), or one at a time with `litpipe fit --seed S`"
+        )
     with Replicates(params, seeds[1:]) as others:
         fit(params, seeds[0], label=f"seed {seeds[0]}: ", cpus=others.first_share)
         others.first_done()
