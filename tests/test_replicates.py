@@ -21,10 +21,10 @@ from litpipe.stages import fit
 
 from .helpers import copy_workspace, edit_params, ready_to_fit, tool_env, wait_until
 
-EPOCHS = 120  # with batch 8, a fit outlasts the start of the next seed's process (~5 s)
+EPOCHS = 30
 CHANGES = {
     "train.max_epochs": EPOCHS,
-    "train.batch_size": 8,
+    "train.batch_size": 8,  # 135 steps an epoch: a fit lasts a few seconds
     "train.early_stopping_patience": 50,
     "train.swa_epoch_start": 0.25,
     "train.accelerator": "cpu",
@@ -117,6 +117,11 @@ def test_the_test_reports_the_first_checkpoint_and_the_spread_over_seeds(replica
         assert float(row["accuracy"]) == json.loads((workspace / run.summary).read_text())["test_acc_in_fit"]
 
 
+def pid_of_seed(workspace: Path, seed: int) -> int | None:
+    started = re.search(rf"seed {seed}: fit started \(pid (\d+)", read(workspace / paths.log_file("fit")))
+    return int(started[1]) if started else None
+
+
 @pytest.mark.parametrize(
     "while_training",
     [(0, 1), (2,)],
@@ -127,29 +132,36 @@ def test_an_interrupted_replicate_fit_resumes_every_seed_to_the_uninterrupted_nu
 ):
     """SIGTERM to `litpipe fit` while these seeds train: it stops every fit running at an epoch's end, each
     saving its resume checkpoint, and fails in one line; the re-run resumes them and ends every seed where the
-    uninterrupted run ended (a seed never started is fitted afresh)."""
+    uninterrupted run ended (a seed never started is fitted afresh). Each seed is held (SIGSTOP) mid-training
+    until the signal is on its way, so it lands during training however fast the machine."""
     workspace = copy_workspace(ready, tmp_path / "workspace")
-    training = [runs(SEEDS)[seed] for seed in while_training]
     fitting = start(["fit"], workspace, "interrupted.out")
-    wait_until(
-        lambda: all("epoch 3/" in read(workspace / run.log) for run in training) or fitting.poll() is not None,
-        180,
-        f"three epochs of seeds {while_training}",
-    )
-    assert fitting.poll() is None, "the fit ended before it could be interrupted"
-    fitting.send_signal(signal.SIGTERM)
+    held = {}
+    for seed in while_training:
+        run = runs(SEEDS)[seed]
+        pid = fitting.pid if seed == SEEDS[0] else wait_until(lambda: pid_of_seed(workspace, seed), 120, f"seed {seed}")
+        wait_until(lambda: "epoch 2/" in read(workspace / run.log) or fitting.poll() is not None, 120, f"seed {seed}")
+        assert fitting.poll() is None, "the fit ended before it could be interrupted"
+        os.kill(pid, signal.SIGSTOP)
+        held[seed] = pid
+    fitting.send_signal(signal.SIGTERM)  # to the stage's process: it stops the others
+    for seed, pid in held.items():
+        if seed != SEEDS[0]:  # once the stage has passed the signal on to it
+            wait_until(lambda: f"stopping the fit of seed {seed}" in read(workspace / "logs/fit.log"), 60, "SIGTERM")
+        os.kill(pid, signal.SIGCONT)
     _, errors = fitting.communicate(timeout=180)
     message = errors.decode()
     assert fitting.returncode == 1 and message.count("\n") == 1, message
-    assert re.search(r"fit (failed: fit preempted|failed: fit stopped) by SIGTERM", message), message
-    for run in training:
-        assert (workspace / run.resume).exists(), run.resume
-    if 0 not in while_training:
-        assert "fit preempted by SIGTERM" in read(workspace / paths.failed_log_file(training[0].log))
+    assert re.search(r"fit failed: fit (preempted|stopped) by SIGTERM", message), message
+    for seed in while_training:
+        assert (workspace / runs(SEEDS)[seed].resume).exists(), seed
+    if SEEDS[0] not in while_training:
+        assert "fit preempted by SIGTERM" in read(workspace / paths.failed_log_file(runs(SEEDS)[2].log))
 
     rerun = finish(["fit"], workspace)
-    for run in training:
-        assert "resuming the preempted fit" in (rerun if run.task == "fit" else read(workspace / run.log))
+    for seed in while_training:
+        run = runs(SEEDS)[seed]
+        assert "resuming the preempted fit" in (rerun if seed == SEEDS[0] else read(workspace / run.log)), seed
     uninterrupted, _ = replicated
     for run in runs(SEEDS).values():
         for path in (run.history, run.metrics, run.activations):

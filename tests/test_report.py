@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 SECTIONS = [
     "Summary", "Data", "Sanity checks", "Learning-rate finder", "Hyperparameter search", "Final fit", "Test",
-    "Residual analysis", "Activation analysis", "Runtime", "Experiments",
+    "Seed replicates", "Residual analysis", "Activation analysis", "Runtime", "Experiments",
 ]  # fmt: skip
 
 

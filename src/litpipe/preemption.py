@@ -43,8 +43,8 @@ class Preempted(Exception):
 class Preemption(Callback):
     """Catches SIGUSR1 and SIGTERM during training and stops at the end of the epoch in progress, after
     saving the run's resume checkpoint (models/resume.ckpt) and a copy of its best checkpoint (orchestrators
-    delete a failed job's outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM handling would stop the
-    loop, even mid-validation, without keeping the progress. After training they stay, so a signal while
+    delete a failed job's outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM
+    handling would stop the loop, even mid-validation, without keeping the progress. After training they stay, so a signal while
     the fit writes its results lets it finish them.
     Keep it the last callback: its checkpoint must come after every other callback's epoch-end work."""
 

@@ -5,15 +5,11 @@
 FIT = STAGES["fit"]
 
 
-def first_seed_outputs(stage):
-    return [path for path in stage.results if Path(path) not in paths.REPLICATE_DIRS]
-
-
 rule fit:
     input:
         dag.inputs(FIT, STAGES),
     output:
-        outputs(first_seed_outputs(FIT)),
+        outputs([path for path in FIT.results if Path(path) not in paths.REPLICATE_DIRS]),
     log:
         FIT.logs,
     params:

@@ -1,12 +1,15 @@
 """fit: final training with the best searched params, early stopping and weight averaging, once per seed
 of replicates.seeds.
 
-models/best.ckpt holds the weights with the lowest validation loss; once averaging has started
+The first seed's run is models/best.ckpt, results/fit and tb/fit; each further seed's is
+models/replicates/seed-S.ckpt, results/replicates/seed-S and tb/replicates/seed-S (paths.fit_run).
+
+A run's checkpoint holds the weights with the lowest validation loss; once averaging has started
 those are the averaged weights, which are also the ones validated (see training.StochasticWeightAveraging).
 Early stopping may only stop training once the average has been validated for a full patience
-window, so it can never silently discard the average. The run is tb/fit: an HPARAMS session
-with the same columns as the search trials, plus the test accuracy of the saved checkpoint. The first seed's run is models/best.ckpt, results/fit and tb/fit;
-each further seed's is models/replicates/seed-S.ckpt, results/replicates/seed-S and tb/replicates/seed-S.
+window, so it can never silently discard the average. Its TensorBoard run is an HPARAMS session
+with the same columns as the search trials (its seed among them), plus the test accuracy of the
+saved checkpoint.
 """
 
 import logging
