@@ -122,44 +122,53 @@ def pid_of_seed(workspace: Path, seed: int) -> int | None:
     return int(started[1]) if started else None
 
 
+TRAINING = "epoch 2/"
+WRITING_RESULTS = "test accuracy of the checkpoint"  # logged after training, before the fit's results
+
+
 @pytest.mark.parametrize(
-    "while_training",
-    [(0, 1), (2,)],
-    ids=["seeds-0-and-1-train", "seed-0-done-seed-2-trains"],
+    "holds",
+    [
+        [(0, TRAINING), (1, TRAINING)],
+        [(2, TRAINING)],  # seed 0 done, seed 1 done or training
+        [(1, TRAINING), (0, WRITING_RESULTS)],  # seed 0 trained, its results not yet written
+    ],
+    ids=["seeds-0-and-1-train", "seed-0-done-seed-2-trains", "seed-0-writes-its-results-seed-1-trains"],
 )
 def test_an_interrupted_replicate_fit_resumes_every_seed_to_the_uninterrupted_numbers(
-    ready, replicated, tmp_path, while_training
+    ready, replicated, tmp_path, holds
 ):
-    """SIGTERM to `litpipe fit` while these seeds train: it stops every fit running at an epoch's end, each
-    saving its resume checkpoint, and fails in one line; the re-run resumes them and ends every seed where the
-    uninterrupted run ended (a seed never started is fitted afresh). Each seed is held (SIGSTOP) mid-training
-    until the signal is on its way, so it lands during training however fast the machine."""
+    """SIGTERM to `litpipe fit` with each seed of `holds` at that point: it stops every fit still training at
+    an epoch's end, each saving its resume checkpoint, and fails in one line; the re-run resumes them and
+    ends every seed where the uninterrupted run ended (a seed never started is fitted afresh). Each seed is
+    held there (SIGSTOP) until the signal is on its way, so it lands there however fast the machine."""
     workspace = copy_workspace(ready, tmp_path / "workspace")
     fitting = start(["fit"], workspace, "interrupted.out")
     held = {}
-    for seed in while_training:
+    for seed, progress in holds:
         run = runs(SEEDS)[seed]
         pid = fitting.pid if seed == SEEDS[0] else wait_until(lambda: pid_of_seed(workspace, seed), 120, f"seed {seed}")
-        wait_until(lambda: "epoch 2/" in read(workspace / run.log) or fitting.poll() is not None, 120, f"seed {seed}")
+        wait_until(lambda: progress in read(workspace / run.log) or fitting.poll() is not None, 120, f"seed {seed}")
         assert fitting.poll() is None, "the fit ended before it could be interrupted"
         os.kill(pid, signal.SIGSTOP)
         held[seed] = pid
     fitting.send_signal(signal.SIGTERM)  # to the stage's process: it stops the others
-    for seed, pid in held.items():
+    for seed in sorted(held, key=lambda seed: seed != SEEDS[0]):  # the stage's process first
         if seed != SEEDS[0]:  # once the stage has passed the signal on to it
             wait_until(lambda: f"stopping the fit of seed {seed}" in read(workspace / "logs/fit.log"), 60, "SIGTERM")
-        os.kill(pid, signal.SIGCONT)
+        os.kill(held[seed], signal.SIGCONT)
     _, errors = fitting.communicate(timeout=180)
     message = errors.decode()
     assert fitting.returncode == 1 and message.count("\n") == 1, message
     assert re.search(r"fit failed: fit (preempted|stopped) by SIGTERM", message), message
-    for seed in while_training:
+    training = [seed for seed, progress in holds if progress == TRAINING]
+    for seed in training:
         assert (workspace / runs(SEEDS)[seed].resume).exists(), seed
-    if SEEDS[0] not in while_training:
-        assert "fit preempted by SIGTERM" in read(workspace / paths.failed_log_file(runs(SEEDS)[2].log))
+    for seed in set(training) - {SEEDS[0]}:
+        assert "fit preempted by SIGTERM" in read(workspace / paths.failed_log_file(runs(SEEDS)[seed].log))
 
     rerun = finish(["fit"], workspace)
-    for seed in while_training:
+    for seed in training:
         run = runs(SEEDS)[seed]
         assert "resuming the preempted fit" in (rerun if seed == SEEDS[0] else read(workspace / run.log)), seed
     uninterrupted, _ = replicated

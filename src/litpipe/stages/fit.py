@@ -70,12 +70,14 @@ def run(params: Params, seed: int | None = None) -> None:
             "their own (snakemake --profile slurm), or one at a time with `litpipe fit --seed S`"
         )
     with Replicates(params, seeds[1:]) as others:
-        fit(params, seeds[0], label=f"seed {seeds[0]}: ", cpus=others.first_share)
-        others.first_done()
+        late_signal = fit(params, seeds[0], label=f"seed {seeds[0]}: ", cpus=others.first_share)
+        others.first_done(late_signal)
 
 
-def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = None) -> None:
-    """Train with `seed` and write its run (paths.fit_run): checkpoint, history, curves, summary, TensorBoard."""
+def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = None) -> str | None:
+    """Train with `seed` and write its run (paths.fit_run): checkpoint, history, curves, summary, TensorBoard.
+    Returns the preemption signal that came after training, while the results were written (the fit finished
+    them), if one did."""
     run_paths = paths.fit_run(seed, params.replicates.seeds)
     searched = read_json(paths.SEARCH_BEST)["params"]
     try:
@@ -101,7 +103,7 @@ def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = Non
         again = "run the stage again to resume" if run_paths.resume.exists() else "run the stage again"
         raise StageError(f"fit preempted by {stop}; {again}") from None
     if not trainer.is_global_zero:
-        return  # under DDP the first process writes the results
+        return None  # under DDP the first process writes the results
     discard(run_paths)
     test_acc = test_accuracy_of_checkpoint(params, data, tensorboard, run_paths.checkpoint)
 
@@ -142,6 +144,7 @@ def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = Non
     log.info("%sbest epoch %d: val/loss %.4f, val/acc %.4f", label, best["epoch"], best[MONITOR], best["val/acc"])
     add_log_file(tensorboard, run_paths.log)
     session.end_session(test_acc)
+    return next(callback.signal for callback in trainer.callbacks if isinstance(callback, Preemption))
 
 
 def assemble(
@@ -219,11 +222,13 @@ class Replicates:
     def first_share(self) -> list[int] | None:
         return self.shares[0] if self.slots > 1 else None  # alone, the fit keeps every core it was given
 
-    def first_done(self) -> None:
+    def first_done(self, late_signal: str | None = None) -> None:
         """The first seed's fit is over: its slot is free, and SIGTERM or SIGUSR1 to this process (which its
-        fit handled until now) stops the others."""
+        fit handled until now) stops the others; so does `late_signal`, one its fit received after training."""
         for signum in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(signum, self._interrupted)
+        if late_signal:
+            self._interrupted(signal.Signals[late_signal], None)
         self._first.set()
 
     def _interrupted(self, signum: int, frame) -> None:
