@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     # Collecting closes the stage: it writes the stage's own log and timing, as the whole stage does; so does
     # the fit of the first seed, whose outputs are the stage's own.
     whole = part in (None, "collect") and seed in (None, params.replicates.seeds[0])
-    task = args.stage if whole else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
-    if seed is not None and not whole:
-        task = paths.fit_run(seed, params.replicates.seeds).task  # its log is the one a cluster job declares
+    if seed is not None:  # "fit" for the first seed; else the log a cluster job declares
+        task = paths.fit_run(seed, params.replicates.seeds).task
+    else:
+        task = args.stage if whole else f"{args.stage}-{part}" + (str(args.worker) if part == "worker" else "")
     # Before the log is opened: a stage run out of order, or on a device this machine lacks, changes
     # nothing, its last log included.
     missing = dag.missing_input(args.stage)

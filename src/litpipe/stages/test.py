@@ -15,7 +15,7 @@ from litpipe.data.prepared import PreparedData, load_meta
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
 from litpipe.models.classifier import Classifier
-from litpipe.spread import spread
+from litpipe.spread import STATISTICS, spread
 from litpipe.training import make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -55,5 +55,5 @@ def run(params: Params) -> None:
         log.info(
             "over %d seeds: accuracy %.4f ± %.4f (std), 95%% CI [%.4f, %.4f]",
             len(rows),
-            *(metrics[f"accuracy_{statistic}"] for statistic in ("mean", "std", "ci95_low", "ci95_high")),
+            *(metrics[f"accuracy_{statistic}"] for statistic in STATISTICS),
         )
