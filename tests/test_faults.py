@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -357,6 +358,38 @@ def test_an_interrupted_fit_ends_with_the_uninterrupted_numbers(ready, fitted, t
     assert epochs == list(range(EPOCHS))
     assert not (workspace / paths.RESUME_CKPT).exists() and not (workspace / paths.RESUME_BEST_CKPT).exists()
     assert_checkpoint_is_averaged(workspace / paths.BEST_CKPT)
+
+
+# A test split of most of the data, at 16 px through a CNN: testing the checkpoint takes about a second.
+SLOW_TO_TEST = {
+    **FIT_CHANGES,
+    "train.max_epochs": 3,
+    "model.arch": "cnn",
+    "data.image_size": 16,
+    "data.test_fraction": 0.9,
+}
+
+
+def test_a_signal_after_training_lets_the_fit_finish_its_results(default_params, tmp_path):
+    """SIGTERM once training is over, while the fit tests its checkpoint and writes its results: it finishes
+    them and succeeds with the numbers of a fit never signalled (Lightning's own handler would stop the test)."""
+    (tmp_path / "ready").mkdir()
+    ready = ready_to_fit(tmp_path / "ready", default_params, SLOW_TO_TEST)
+    plain, signalled = copy_workspace(ready, tmp_path / "plain"), copy_workspace(ready, tmp_path / "signalled")
+    finish("fit", plain)
+    fit = start("fit", signalled, "signalled.out")
+    trained = "testing its checkpoint and writing its results"
+    wait_until(lambda: trained in fit_log(signalled) or fit.poll() is not None, 120, "the end of training")
+    time.sleep(0.3)  # into the test of the checkpoint, which takes about a second here
+    assert fit.poll() is None, "the fit ended before it could be signalled"
+    fit.send_signal(signal.SIGTERM)
+    code = fit.wait(timeout=120)
+    output = (signalled / "signalled.out").read_text()
+    assert code == 0 and "SIGTERM came after training: the fit finished its results" in output, output[-3000:]
+    for path in (paths.FIT_HISTORY, paths.FIT_ACTIVATIONS, paths.FIT_METRICS):
+        assert (signalled / path).read_bytes() == (plain / path).read_bytes(), f"{path} differs"
+    summaries = [json.loads((workspace / paths.FIT_SUMMARY).read_text()) for workspace in (plain, signalled)]
+    assert summaries[0]["test_acc_in_fit"] == summaries[1]["test_acc_in_fit"]
 
 
 def test_a_fit_preempted_under_other_params_is_not_resumed(ready, tmp_path):

@@ -123,14 +123,15 @@ def pid_of_seed(workspace: Path, seed: int) -> int | None:
 
 
 TRAINING = "epoch 2/"
-WRITING_RESULTS = "test accuracy of the checkpoint"  # logged after training, before the fit's results
+WRITING_RESULTS = "testing its checkpoint and writing its results"  # logged once training is over
+DONE = f"seed {SEEDS[0]}: best epoch"  # the first seed's last line: the stage then waits for the others
 
 
 @pytest.mark.parametrize(
     "holds",
     [
         [(0, TRAINING), (1, TRAINING)],
-        [(2, TRAINING)],  # seed 0 done, seed 1 done or training
+        [(2, TRAINING), (0, DONE)],  # seed 0 done (the stage waits for the others), seed 1 done or training
         [(1, TRAINING), (0, WRITING_RESULTS)],  # seed 0 trained, its results not yet written
     ],
     ids=["seeds-0-and-1-train", "seed-0-done-seed-2-trains", "seed-0-writes-its-results-seed-1-trains"],

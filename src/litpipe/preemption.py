@@ -44,8 +44,9 @@ class Preemption(Callback):
     """Catches SIGUSR1 and SIGTERM during training and stops at the end of the epoch in progress, after
     saving the run's resume checkpoint (models/resume.ckpt) and a copy of its best checkpoint (orchestrators
     delete a failed job's outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM
-    handling would stop the loop, even mid-validation, without keeping the progress. After training they stay, so a signal while
-    the fit writes its results lets it finish them.
+    handling would stop the loop, even mid-validation, without keeping the progress. After training they stay,
+    and the fit passes this callback to the Trainer that tests its checkpoint, so a signal while the fit tests
+    and writes its results lets it finish them (and the fit returns it: `signal`).
     Keep it the last callback: its checkpoint must come after every other callback's epoch-end work."""
 
     def __init__(self, fingerprint: str, run: paths.FitRun) -> None:
@@ -67,6 +68,13 @@ class Preemption(Callback):
         self._listen()  # on_train_start runs after Lightning installed its handlers: replace them
         if self._restored_rng is not None:  # the last moment before the first resumed batch
             set_random_states(self._restored_rng)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The fit's test of its checkpoint, after training: replace Lightning's handlers again, and forget a
+        # SIGTERM they caught since they were installed (this callback's handler had it too), which would
+        # stop the test at its next batch.
+        self._listen()
+        trainer._signal_connector.received_sigterm = False  # Lightning has no public way to clear it
 
     def _listen(self) -> None:
         for signum in (signal.SIGUSR1, signal.SIGTERM):

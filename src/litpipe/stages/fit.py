@@ -104,8 +104,10 @@ def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = Non
         raise StageError(f"fit preempted by {stop}; {again}") from None
     if not trainer.is_global_zero:
         return None  # under DDP the first process writes the results
+    log.info("%strained %d epochs; testing its checkpoint and writing its results", label, trainer.current_epoch)
     discard(run_paths)
-    test_acc = test_accuracy_of_checkpoint(params, data, tensorboard, run_paths.checkpoint)
+    preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
+    test_acc = test_accuracy_of_checkpoint(params, data, tensorboard, run_paths.checkpoint, preemption)
 
     table = pd.DataFrame(history.rows)
     run_paths.results.mkdir(parents=True, exist_ok=True)
@@ -144,7 +146,9 @@ def fit(params: Params, seed: int, label: str = "", cpus: list[int] | None = Non
     log.info("%sbest epoch %d: val/loss %.4f, val/acc %.4f", label, best["epoch"], best[MONITOR], best["val/acc"])
     add_log_file(tensorboard, run_paths.log)
     session.end_session(test_acc)
-    return next(callback.signal for callback in trainer.callbacks if isinstance(callback, Preemption))
+    if preemption.signal:
+        log.warning("%s%s came after training: the fit finished its results", label, preemption.signal)
+    return preemption.signal
 
 
 def assemble(
@@ -244,7 +248,10 @@ class Replicates:
         if error_type is not None:
             self._stop.set()
         self._first.set()
-        self._thread.join()
+        # In steps: Python runs signal handlers in the main thread only, and a signal that another thread of
+        # this process took (the kernel may hand it to any) would wait until this thread runs Python again.
+        while self._thread.is_alive():
+            self._thread.join(0.2)
         if error_type is not None:
             return
         if self.signal:
@@ -292,10 +299,14 @@ def swa_start_epoch(params: Params) -> int:
     return max(0, round(params.train.swa_epoch_start * params.train.max_epochs) - 1)
 
 
-def test_accuracy_of_checkpoint(params: Params, data: PreparedData, tensorboard, checkpoint: Path) -> float:
-    """Test accuracy of the checkpoint, for the HPARAMS table; the test stage re-checks it in a fresh process."""
+def test_accuracy_of_checkpoint(
+    params: Params, data: PreparedData, tensorboard, checkpoint: Path, preemption: Preemption
+) -> float:
+    """Test accuracy of the checkpoint, for the HPARAMS table; the test stage re-checks it in a fresh process.
+    The fit's `preemption` keeps the signals: Lightning's own SIGTERM handling would stop this test."""
     model = Classifier.from_checkpoint(checkpoint)
-    (result,) = make_trainer(params, logger=tensorboard).test(model, datamodule=data, verbose=False)
+    trainer = make_trainer(params, logger=tensorboard, callbacks=[preemption])
+    (result,) = trainer.test(model, datamodule=data, verbose=False)
     log.info("test accuracy of the checkpoint: %.4f", result["test/acc"])
     return result["test/acc"]
 
