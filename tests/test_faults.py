@@ -378,9 +378,10 @@ def test_a_signal_after_training_lets_the_fit_finish_its_results(default_params,
     plain, signalled = copy_workspace(ready, tmp_path / "plain"), copy_workspace(ready, tmp_path / "signalled")
     finish("fit", plain)
     fit = start("fit", signalled, "signalled.out")
-    trained = "testing its checkpoint and writing its results"
-    wait_until(lambda: trained in fit_log(signalled) or fit.poll() is not None, 120, "the end of training")
-    time.sleep(0.3)  # into the test of the checkpoint, which takes about a second here
+    # Training is over and the Trainer that tests the checkpoint is made (Lightning says what it runs on).
+    testing = re.compile(r"testing its checkpoint and writing its results\n.*GPU available", re.S)
+    wait_until(lambda: testing.search(fit_log(signalled)) or fit.poll() is not None, 120, "the checkpoint's test")
+    time.sleep(0.1)  # into that test, which takes about a second here
     assert fit.poll() is None, "the fit ended before it could be signalled"
     fit.send_signal(signal.SIGTERM)
     code = fit.wait(timeout=120)
