@@ -9,7 +9,6 @@ rather than the last one winning. The file is read as YAML 1.2, as DVC reads it:
 """
 
 import difflib
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from litpipe.data import DATASETS
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
+from litpipe.yaml12 import read_yaml
 
 INT32_MAX = 2**31 - 1  # counts reach C ints in torch, NumPy and CUDA calls
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -115,7 +115,7 @@ class SearchParams(Section):
     pruner_startup_trials: Count
     pruner_warmup_epochs: Count
     heartbeat_seconds: PositiveInt  # database storages: a trial silent for 3 intervals is retried
-    cuda_mps: Literal["auto", "off"]  # workers sharing a GPU: under a private CUDA MPS daemon (search/resources.py)
+    cuda_mps: Literal["auto", "off"]  # workers sharing a GPU: under a private CUDA MPS daemon (resources.py)
     max_epochs: PositiveInt
     space: Annotated[dict[str, Any], Field(min_length=1)]
 
@@ -168,6 +168,19 @@ class ReportParams(Section):
     mistakes_shown: PositiveInt
 
 
+# The keys of the train section that a search trial does not use: searching one would give identical trials,
+# whose tie-break the fit would then apply as if it had been chosen.
+IGNORED_BY_TRIALS = {
+    "train.max_epochs": "a trial trains search.max_epochs epochs",
+    "train.swa_epoch_start": "a trial does not average weights (the fit does)",
+    "train.devices": "a trial trains on one device",
+    "train.num_nodes": "a trial trains on one device",
+    "train.strategy": "a trial trains on one device",
+    "train.data_path": "a search worker loads the data once, for all its trials",
+    "train.resident_max_mb": "a search worker loads the data once, for all its trials",
+}
+
+
 class Params(Section):
     seed: Seed
     data: DataParams
@@ -205,8 +218,16 @@ class Params(Section):
         for dotted, dimension in self.search.dimensions().items():
             section, _, field = dotted.partition(".")
             if section not in tunable or field not in tunable[section].model_fields:
-                allowed = ", ".join(f"{s}.<{'|'.join(m.model_fields)}>" for s, m in tunable.items())
+                allowed = ", ".join(
+                    f"{s}.<{'|'.join(f for f in m.model_fields if f'{s}.{f}' not in IGNORED_BY_TRIALS)}>"
+                    for s, m in tunable.items()
+                )
                 raise ValueError(f"search.space: unknown key {dotted!r}; allowed: {allowed}")
+            if dotted in IGNORED_BY_TRIALS:
+                raise ValueError(
+                    f"search.space: {dotted} cannot be searched: {IGNORED_BY_TRIALS[dotted]}, so every trial would "
+                    "train the same; set it in params.yaml"
+                )
             current = getattr(self, section).model_dump()
             for value in search_space.endpoints(dimension):
                 try:
@@ -241,73 +262,6 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: {describe(error)}") from None
-
-
-class ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's core schema, the one DVC (ruamel) reads params.yaml with: only
-    true/false are booleans, `1e-3` is a float, `017` is seventeen, and dates stay strings. Two readers that
-    disagree on what a value is would track one number and train with another."""
-
-
-ParamsLoader.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float", "timestamp")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
-)
-ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+.0123456789"),
-)
-
-
-def _construct_int(loader: ParamsLoader, node: yaml.ScalarNode) -> int:
-    text = loader.construct_scalar(node)
-    return int(text, {"0x": 16, "0o": 8}.get(text[:2], 10))
-
-
-ParamsLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-def read_yaml(text: str) -> Any:
-    """The document in `text`, read as ParamsLoader reads it; a key written twice in one mapping is a
-    ConfigError naming it (PyYAML would keep the last one silently)."""
-    loader = ParamsLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _refuse_duplicate_keys(node)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _refuse_duplicate_keys(node: yaml.Node, where: str = "") -> None:
-    if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item, where)
-    if not isinstance(node, yaml.MappingNode):
-        return
-    first_line: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        key = f"{where}.{key_node.value}" if where else str(key_node.value)
-        line = key_node.start_mark.line + 1
-        if key in first_line:
-            raise ConfigError(f"line {line}: {key} is written twice (first on line {first_line[key]}); keep one")
-        first_line[key] = line
-        _refuse_duplicate_keys(value_node, key)
 
 
 def describe(error: ValidationError) -> str:

@@ -7,13 +7,15 @@ one of them), no fit-internal metrics. The report's
 experiments section shows the same columns (`dvc exp show --csv` with these options).
 """
 
+import argparse
 import hashlib
 import re
 import subprocess
+import sys
 from typing import Any
 
 from litpipe import paths
-from litpipe.config import read_yaml
+from litpipe.yaml12 import read_yaml
 from litpipe.errors import StageError
 
 OUTPUT_DIRS = "data|models|results|src|workflow|tb|logs|reports"  # dependency and output columns are paths
@@ -31,6 +33,21 @@ SHOW = [
     # shown even where every experiment has the same.
     r"^(Experiment|accuracy|loss)$",
 ]
+
+
+def show_command(args: argparse.Namespace, unknown: list[str]) -> int:
+    """`litpipe experiments [options]`."""
+    return show(unknown + args.options)
+
+
+def record_command(args: argparse.Namespace) -> int:
+    """`litpipe record [--name NAME] [--force]`."""
+    try:
+        print(f"recorded as DVC experiment {record(args.name, args.force)}: see `litpipe experiments`")
+    except StageError as error:
+        print(f"litpipe: record failed: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def show(options: list[str]) -> int:

@@ -2,7 +2,8 @@
 
 - resident: each split is one uint8 tensor on the training device; an epoch's batches are slices of
   it in a seeded random order. A per-sample Dataset + DataLoader costs more than a small model
-  itself (see DESIGN.md), so this is the path whenever the splits fit.
+  itself (on an H100 it made a Lightning epoch of an MNIST-sized MLP 2.7x slower than a plain loop,
+  resident batches 1.65x), so this is the path whenever the splits fit.
 - loader: for splits too big for the device's memory, a DataLoader whose workers gather each batch
   from the memory-mapped split files (prepare wrote them as NumPy arrays, a chunk at a time), with
   pinned memory for the copy to a GPU: a split larger than the machine's memory streams from disk.
