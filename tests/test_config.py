@@ -171,3 +171,36 @@ def test_cli_exits_2_with_one_line_before_touching_outputs(
     after = snapshot(workspace)
     assert after.keys() == before.keys()  # no file or directory created or removed
     assert [name for name in before if after[name] != before[name]] == []  # and none rewritten or appended to
+
+
+@pytest.mark.parametrize(
+    "key, values, reason",
+    [
+        ("train.max_epochs", [10, 20], "a trial trains search.max_epochs epochs"),
+        ("train.swa_epoch_start", [0.5, 0.8], "a trial does not average weights (the fit does)"),
+        ("train.devices", [1, 2], "a trial trains on one device"),
+        ("train.strategy", ["auto", "ddp"], "a trial trains on one device"),
+        ("train.data_path", ["resident", "loader"], "a search worker loads the data once, for all its trials"),
+    ],
+)
+def test_a_search_key_that_trials_ignore_is_refused_in_one_line(tmp_path, default_params, key, values, reason):
+    """A trial trains search.max_epochs epochs, on one device, without weight averaging, on the data its worker
+    loaded once: searching a key it ignores would run identical trials. Refused before any work, exit 2."""
+    params = copy.deepcopy(default_params)
+    params["search"]["space"] = {"model.width": [16, 32], key: values}
+    write(tmp_path, params)
+    result = subprocess.run(["litpipe", "search"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"search.space: {key} cannot be searched: {reason}" in result.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "results").exists()
+
+
+def test_train_keys_that_trials_use_can_be_searched(default_params):
+    params = copy.deepcopy(default_params)
+    params["search"]["space"] = {
+        "train.batch_size": [32, 64],
+        "train.early_stopping_patience": [2, 4],
+        "train.gradient_clip_val": [0.5, 1.0],
+        "train.augment_flip": [False, True],
+    }
+    assert len(search_space.grid(Params.model_validate(params).search.dimensions())) == 16

@@ -123,3 +123,30 @@ def test_batches_cover_each_sample_once_per_epoch_in_a_seeded_order():
     again = Batches(split, batch_size=4, shuffle=True, seed=3)
     assert torch.equal(torch.cat([y for _, y in again]), epoch1)  # same seed, same order
     assert [y.tolist() for _, y in Batches(split, 4, shuffle=False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_every_dataset_name_has_a_loader_and_only_prepare_imports_them():
+    from litpipe.data import DATASETS
+    from litpipe.data.loaders import LOADERS
+
+    assert list(LOADERS) == list(DATASETS)
+
+
+def test_synthetic_validation_images_come_from_held_out_originals(monkeypatch, default_params):
+    """synthetic_mnist's validation split is drawn from digits that no training image was drawn from (as the
+    test split is), not carved out of warped copies of the training digits; the sizes stay MNIST's."""
+    from litpipe.data import synthetic
+
+    monkeypatch.setattr(synthetic, "TRAIN_IMAGES", 2000)
+    monkeypatch.setattr(synthetic, "TEST_IMAGES", 500)
+    drawn = []  # the originals each split's images are drawn from, in order: train, validation, test
+    draw = synthetic.draw
+    monkeypatch.setattr(synthetic, "draw", lambda originals, *rest: drawn.append(originals) or draw(originals, *rest))
+    params = params_with(default_params, dataset="synthetic_mnist", val_fraction=0.15)
+    source = synthetic.load(params.data)
+    assert (len(source.labels), len(source.val_labels), len(source.test_labels)) == (1700, 300, 500)
+    train, val, test = ({image.numpy().tobytes() for image in originals} for originals in drawn)
+    assert not train & val and not train & test and not val & test
+    splits = prepare.split(source, params)  # prepare keeps the official validation split as it is
+    assert torch.equal(splits["val"][2], source.val_labels) and splits["val"][0] is source.val_images
+    assert torch.equal(splits["train"][1], torch.arange(1700))

@@ -1,15 +1,10 @@
-"""Dataset registry: name -> "module:function" returning a `Source` (see data/source.py).
+"""Datasets: each loads into a `Source` (data/source.py), which prepare writes as the prepared splits that
+every later stage reads (data/prepared.py).
 
-Adding a dataset is one module with a loader plus one line here. Entries are strings so that
-validating params.yaml does not import torchvision.
+DATASETS are the names `data.dataset` accepts; data/loaders.py maps each to its loader. Only prepare imports
+the loaders, so editing one re-runs prepare alone, and validating params.yaml imports no torchvision.
+Adding a dataset: a module with a `load(params: DataParams) -> Source`, its name here, its entry in
+loaders.LOADERS (a test checks that the two agree).
 """
 
-DATASETS = {
-    "digits": "litpipe.data.digits:load",
-    "folder": "litpipe.data.folder:load",
-    "mnist": "litpipe.data.torchvision_sets:load_mnist",
-    "fashion_mnist": "litpipe.data.torchvision_sets:load_fashion_mnist",
-    "kmnist": "litpipe.data.torchvision_sets:load_kmnist",
-    "cifar10": "litpipe.data.torchvision_sets:load_cifar10",
-    "synthetic_mnist": "litpipe.data.synthetic:load",
-}
+DATASETS = ("digits", "folder", "mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic_mnist")

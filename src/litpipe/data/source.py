@@ -28,6 +28,8 @@ class Source:
     pixel_max: int  # brightest possible pixel value, for display
     test_images: torch.Tensor | Images | None = None  # an official test split, when the dataset has one
     test_labels: torch.Tensor | None = None
+    val_images: torch.Tensor | Images | None = None  # an official validation split, when it has one
+    val_labels: torch.Tensor | None = None
     read_from: Path | None = None  # the raw files' directory, for datasets that have one (not digits)
 
 

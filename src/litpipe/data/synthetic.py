@@ -1,6 +1,8 @@
 """MNIST-shaped digits with no download: scikit-learn's 8x8 digits drawn at 28x28, each copy randomly
 rotated, scaled, shifted and noised. 60,000 training and 10,000 test images of 1 x 28 x 28, as MNIST
-has, the same on every machine. Test images come from originals that no training image was drawn from.
+has, the same on every machine; data.val_fraction of the 60,000 are the validation split. Validation and
+test images each come from originals that no other split's images were drawn from: a validation image
+warped from a training digit would measure memory, not generalisation.
 
 For measuring speed at real scale anywhere (`litpipe bench --synthetic`) and for running the whole
 pipeline at MNIST's size (`data.dataset: synthetic_mnist`).
@@ -15,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from litpipe.config import DataParams
 from litpipe.data.source import Source
+from litpipe.errors import StageError
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 SEED = 0  # a fixed dataset: data.split_seed splits it, it does not redraw it
@@ -27,11 +30,19 @@ def load(params: DataParams) -> Source:
     train_idx, test_idx = train_test_split(
         torch.arange(len(labels)).numpy(), test_size=0.2, stratify=labels.numpy(), random_state=SEED
     )
+    try:
+        train_idx, val_idx = train_test_split(
+            train_idx, test_size=params.val_fraction, stratify=labels[train_idx].numpy(), random_state=SEED
+        )
+    except ValueError as error:  # too few originals left for one of each class on a side
+        raise StageError(f"data.val_fraction {params.val_fraction}: cannot hold out originals of every digit ({error})")
+    val_images = round(TRAIN_IMAGES * params.val_fraction)
     generator = torch.Generator().manual_seed(SEED)
-    train_x, train_y = draw(originals[train_idx], labels[train_idx], TRAIN_IMAGES, generator)
+    train_x, train_y = draw(originals[train_idx], labels[train_idx], TRAIN_IMAGES - val_images, generator)
+    val_x, val_y = draw(originals[val_idx], labels[val_idx], val_images, generator)
     test_x, test_y = draw(originals[test_idx], labels[test_idx], TEST_IMAGES, generator)
     names = [str(name) for name in digits.target_names]
-    return Source(train_x, train_y, names, pixel_max=255, test_images=test_x, test_labels=test_y)
+    return Source(train_x, train_y, names, 255, test_images=test_x, test_labels=test_y, val_images=val_x, val_labels=val_y)
 
 
 def draw(

@@ -6,7 +6,6 @@ a chunk of a dataset's pixels, and training memory-maps the same files (data/pre
 are written into a new directory that replaces data/prepared once all are complete.
 """
 
-import importlib
 import logging
 import math
 from pathlib import Path
@@ -17,7 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from litpipe import paths
 from litpipe.config import Params
-from litpipe.data import DATASETS
+from litpipe.data.loaders import LOADERS
 from litpipe.data.source import Images, Source, fit_to, square_shape
 from litpipe.errors import StageError
 from litpipe.io import atomic_directory, file_sha256, write_json
@@ -61,12 +60,12 @@ def run(params: Params) -> None:
 
 
 def load_source(params: Params) -> Source:
-    module, _, function = DATASETS[params.data.dataset].partition(":")
-    return getattr(importlib.import_module(module), function)(params.data)
+    return LOADERS[params.data.dataset](params.data)
 
 
 def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor | Images, torch.Tensor, torch.Tensor]]:
-    """Stratified train/val/test as (images, indices into them, labels); an official test split is kept."""
+    """Stratified train/val/test as (images, indices into them, labels); official test and validation splits
+    are kept."""
     seed = params.data.split_seed
     indices = torch.arange(len(source.labels))
     if source.test_images is None:
@@ -74,12 +73,12 @@ def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor | Imag
         test = (source.images, test_idx, source.labels[test_idx])
     else:
         test = (source.test_images, torch.arange(len(source.test_labels)), source.test_labels)
-    train_idx, val_idx = _stratified(indices, source.labels[indices], params.data.val_fraction, seed)
-    return {
-        "train": (source.images, train_idx, source.labels[train_idx]),
-        "val": (source.images, val_idx, source.labels[val_idx]),
-        "test": test,
-    }
+    if source.val_images is None:
+        train_idx, val_idx = _stratified(indices, source.labels[indices], params.data.val_fraction, seed)
+        val = (source.images, val_idx, source.labels[val_idx])
+    else:
+        train_idx, val = indices, (source.val_images, torch.arange(len(source.val_labels)), source.val_labels)
+    return {"train": (source.images, train_idx, source.labels[train_idx]), "val": val, "test": test}
 
 
 def _stratified(
