@@ -1,6 +1,7 @@
 # The DAG of dvc.yaml, for clusters: workflow/rules/stages.smk builds one rule per stage from it
-# (src/litpipe/dag.py), search.smk fans the search out into jobs, fit.smk the fit into one job per
-# seed, and common.smk holds the little a cluster adds (resources, submit-host stages). Add or change a stage in dvc.yaml only.
+# (src/litpipe/dag.py), search.smk and fit.smk one job per part of the stages that run in parts (the search's
+# workers, the fit's seeds; src/litpipe/fanout.py names them), and common.smk holds the little a cluster adds
+# (resources, submit-host stages). Add or change a stage in dvc.yaml only.
 #
 #   snakemake --cores 2            run locally
 #   snakemake --profile slurm      submit every compute rule to SLURM (profile: ./slurm)

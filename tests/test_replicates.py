@@ -93,9 +93,9 @@ def test_every_seed_is_fitted_two_at_a_time_into_its_own_run(replicated):
     def first(pattern: str) -> int:
         return next(index for index, line in enumerate(lines) if re.search(pattern, line))
 
-    started_2 = first(r"seed 2: fit started")
-    assert first(r"seed 1: fit started") < first(r"seed 0: best epoch")
-    assert min(first(r"seed 0: best epoch"), first(r"seed 1: fit finished")) < started_2
+    started_2 = first(r"the fit of seed 2 started")
+    assert first(r"the fit of seed 1 started") < first(r"seed 0: best epoch")
+    assert min(first(r"seed 0: best epoch"), first(r"the fit of seed 1 finished")) < started_2
 
 
 def test_the_test_reports_the_first_checkpoint_and_the_spread_over_seeds(replicated):
@@ -118,7 +118,7 @@ def test_the_test_reports_the_first_checkpoint_and_the_spread_over_seeds(replica
 
 
 def pid_of_seed(workspace: Path, seed: int) -> int | None:
-    started = re.search(rf"seed {seed}: fit started \(pid (\d+)", read(workspace / paths.log_file("fit")))
+    started = re.search(rf"the fit of seed {seed} started \(pid (\d+)", read(workspace / paths.log_file("fit")))
     return int(started[1]) if started else None
 
 
@@ -184,7 +184,7 @@ def test_a_replicate_that_dies_fails_the_stage_in_one_line_naming_its_seed_and_l
     edit_params(workspace, {"replicates.seeds": [0, 1]})
     fitting = start(["fit"], workspace, "fit.out")
     started = wait_until(
-        lambda: re.search(r"seed 1: fit started \(pid (\d+)", read(workspace / "fit.out")), 120, "seed 1's process"
+        lambda: re.search(r"the fit of seed 1 started \(pid (\d+)", read(workspace / "fit.out")), 120, "seed 1's process"
     )
     wait_until(lambda: "epoch 2/" in read(workspace / runs(SEEDS)[1].log), 120, "an epoch of seed 1")
     os.kill(int(started[1]), signal.SIGKILL)

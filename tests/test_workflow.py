@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from litpipe import dag, paths
+from litpipe import paths
 from litpipe.config import load_params
 from litpipe.search.study import open_study
 
@@ -30,11 +30,6 @@ from .helpers import (
     run,
     tool_env,
 )
-
-# Snakemake-only rules: the search's fan-out (setup, then N workers before `search` collects)
-# and the default target.
-SNAKEMAKE_ONLY = {"all", "search_setup", "search_worker"}
-
 
 def snakemake_rules(repo: Path) -> dict[str, dict]:
     """Rule -> command, inputs, outputs (output and log files) and tracked params, read through Snakemake's
@@ -56,41 +51,62 @@ def snakemake_rules(repo: Path) -> dict[str, dict]:
         }
 
 
-def tracked_files(path: str) -> set[str]:
-    return set(subprocess.run(["git", "ls-files", path], cwd=ROOT, capture_output=True, text=True).stdout.split())
+def files_of(repo: Path, dep: str) -> set[str]:
+    """A dependency as files: itself, or the files in it (a directory), as DVC hashes them."""
+    path = repo / dep
+    if not path.is_dir():
+        return {dep}
+    return {f.relative_to(repo).as_posix() for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts}
+
+
+def raw_stages(repo: Path) -> dict[str, dict]:
+    """dvc.yaml's stages as YAML reads them: each stage's command, deps, params, and outputs with their options."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for spec in stages.values():
+        entries = [entry if isinstance(entry, dict) else {entry: {}} for entry in spec.get("outs", []) + spec.get("metrics", [])]
+        spec["out_paths"] = {path for entry in entries for path, options in entry.items() if not options.get("persist")}
+        spec["persistent"] = {path for entry in entries for path, options in entry.items() if options.get("persist")}
+    return stages
 
 
 def test_every_stage_of_dvc_yaml_is_a_snakemake_rule_with_its_command_inputs_outputs_and_params():
-    """A safety net under the mechanism (the rules are built from dvc.yaml): checked against dvc.yaml and
-    git, not against the code that builds them."""
-    stages, rules = dag.load(ROOT / "dvc.yaml"), snakemake_rules(ROOT)
+    """A safety net under the mechanism (the rules are built from dvc.yaml by litpipe.dag): checked against
+    dvc.yaml and params.yaml as YAML reads them, not against the code that builds the rules."""
+    stages, rules = raw_stages(ROOT), snakemake_rules(ROOT)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    seeds, workers = params["replicates"]["seeds"], params["search"]["n_workers"]
     assert list(stages) == STAGES
-    assert set(rules) - SNAKEMAKE_ONLY == set(stages)
-    outputs = {out for stage in stages.values() for out in stage.outs + stage.persistent}
-    # The fit's rule is its first seed's run; the directories of further seeds are theirs (below).
-    replicate_dirs = {str(path) for path in paths.REPLICATE_DIRS}
-    assert replicate_dirs <= set(stages["fit"].outs)
-    for name, stage in stages.items():
-        fan_out = f"{name}_worker" in rules
-        rule, first = rules[name], rules[f"{name}_setup"] if fan_out else rules[name]
-        part = " --part collect" if fan_out else f" --seed {params['replicates']['seeds'][0]}" if name == "fit" else ""
-        assert rule["cmd"] == stage.cmd + part, name
-        assert rule["outputs"] == set(stage.outs) - replicate_dirs, name
+    # The stages that run in parts: the search's setup and workers, the fit's further seeds; and the default target.
+    parts = {"search_setup", *(f"search_worker{index}" for index in range(workers))}
+    parts |= {f"fit_seed_{seed}" for seed in seeds[1:]}
+    assert set(rules) == set(stages) | parts | {"all"}
+    outputs = {out for spec in stages.values() for out in spec["out_paths"] | spec["persistent"]}
+    replicate_dirs = {"models/replicates", "results/replicates", "tb/replicates"}  # each further seed's entries
+    assert replicate_dirs <= stages["fit"]["out_paths"]
+    commands = {"search": "litpipe search --part collect", "fit": f"litpipe fit --seed {seeds[0]}"}
+    for name, spec in stages.items():
+        rule, first = rules[name], rules["search_setup" if name == "search" else name]
+        assert rule["cmd"] == commands.get(name, spec["cmd"]), name
+        assert rule["outputs"] == spec["out_paths"] - replicate_dirs, name
         # Persistent outputs (the study journal, tb/search) are what a re-run resumes from:
         # Snakemake would delete a declared output before re-running, so it must not declare them.
-        assert not (rule["outputs"] & set(stage.persistent)), name
-        for dep in stage.deps:
+        assert not (rule["outputs"] & spec["persistent"]), name
+        for dep in spec["deps"]:
             if dep in replicate_dirs:  # stands for each further seed's entries: none with one seed (test below)
                 continue
             upstream = {out for out in outputs if dep == out or dep.startswith(out + "/")}
-            assert upstream & first["inputs"] or (tracked_files(dep) and tracked_files(dep) <= first["inputs"]), dep
-        assert set(first["params"]) == set(stage.params), name
+            assert upstream & first["inputs"] or files_of(ROOT, dep) <= first["inputs"], dep
+        assert set(first["params"]) == set(spec.get("params", [])), name
         for dotted, value in first["params"].items():
             node = params
             for key in dotted.split("."):
                 node = node[key]
             assert value == node, (name, dotted)
+    workers_rules = [rules[f"search_worker{index}"] for index in range(workers)]
+    assert [rule["cmd"] for rule in workers_rules] == [f"litpipe search --part worker --worker {i}" for i in range(workers)]
+    assert [rule["outputs"] for rule in workers_rules] == [
+        {f"results/search/jobs/worker{i}.done", f"logs/search-worker{i}.log"} for i in range(workers)
+    ]
 
 
 def test_each_further_seed_is_a_fit_job_of_its_own_whose_outputs_the_later_rules_wait_for(tmp_path):
@@ -99,12 +115,12 @@ def test_each_further_seed_is_a_fit_job_of_its_own_whose_outputs_the_later_rules
     default target need every seed's files."""
     repo = copy_repo(tmp_path)
     edit_params(repo, {"replicates.seeds": [3, 1, 2]})
-    rules, fit = snakemake_rules(repo), dag.load(repo / "dvc.yaml")["fit"]
-    assert rules["fit"]["cmd"] == f"{fit.cmd} --seed 3"
+    rules = snakemake_rules(repo)
+    assert rules["fit"]["cmd"] == "litpipe fit --seed 3"
     assert {name for name in rules if name.startswith("fit_")} == {"fit_seed_1", "fit_seed_2"}
     for seed in (1, 2):
         rule = rules[f"fit_seed_{seed}"]
-        assert rule["cmd"] == f"{fit.cmd} --seed {seed}"
+        assert rule["cmd"] == f"litpipe fit --seed {seed}"
         made = {
             f"models/replicates/seed-{seed}.ckpt",
             f"results/replicates/seed-{seed}",
@@ -124,8 +140,8 @@ def test_each_further_seed_is_a_fit_job_of_its_own_whose_outputs_the_later_rules
 def test_the_files_handed_between_stages_are_outputs_and_the_reports_inputs_are_its_deps():
     """paths.py names each file once; dvc.yaml must declare it (an output, or inside one), and the report
     stage must depend on everything the notebook reads, or DVC would not re-run the report when it changes."""
-    stages = dag.load(ROOT / "dvc.yaml")
-    outputs = [out for stage in stages.values() for out in stage.outs + stage.persistent]
+    stages = raw_stages(ROOT)
+    outputs = [out for spec in stages.values() for out in spec["out_paths"] | spec["persistent"]]
 
     def within(path: str, candidates) -> bool:
         return any(path == c or path.startswith(c.rstrip("/") + "/") for c in candidates)
@@ -136,9 +152,9 @@ def test_the_files_handed_between_stages_are_outputs_and_the_reports_inputs_are_
     for path in [str(p) for p in handed_on] + list(read.values()):
         assert within(path, outputs), path
     for name, path in read.items():
-        assert within(path, stages["report"].deps), name
+        assert within(path, stages["report"]["deps"]), name
     timings = {paths.timing_file(stage).as_posix() for stage in stages if stage != "report"}
-    assert timings <= set(outputs) and timings <= set(stages["report"].deps)
+    assert timings <= set(outputs) and timings <= set(stages["report"]["deps"])
 
 
 TOY_STAGE = {
@@ -174,7 +190,7 @@ def test_a_stage_added_to_dvc_yaml_runs_under_both_engines(tmp_path):
 def jobs(result: subprocess.CompletedProcess) -> set[str]:
     """The stages a Snakemake dry run would run: its rules, the search's and the fit's fan-out as their stage."""
     rules = set(re.findall(r"^(?:local)?rule (\w+):$", result.stdout + result.stderr, re.MULTILINE))
-    return {re.sub(r"_(setup|worker)$|_seed_\d+$", "", rule) for rule in rules} - {"all"}
+    return {re.sub(r"_setup$|_worker\d+$|_seed_\d+$", "", rule) for rule in rules} - {"all"}
 
 
 def dvc_would_run(repo: Path, *targets: str) -> set[str]:
@@ -206,6 +222,46 @@ def test_an_edit_reruns_the_same_stages_under_both_engines(edit, pipeline, local
         (repo / path).write_text(text.replace(old, new, 1))
         would_run[engine] = dvc_would_run(repo) if engine == "dvc" else jobs(run(["snakemake", "-n"], repo))
     assert would_run["dvc"] == would_run["snakemake"] != set()
+
+
+# A package file edited, what must re-run and what must not (the stages whose code imports it, and no other).
+CODE_EDITS = {
+    "checkpoints.py": ({"fit", "test"}, {"prepare", "report"}),  # how checkpoints are written and read
+    "data/prepared.py": ({"sanity", "fit", "report"}, {"prepare"}),  # batching: prepare only writes the splits
+    "data/folder.py": ({"prepare"}, set(STAGES) - {"prepare"}),  # a dataset loader: prepare alone runs it
+    "bench.py": (set(), set(STAGES)),  # a tool beside the stages
+}
+
+
+def stages_with_changed_deps(repo: Path) -> set[str]:
+    """The stages `dvc status` finds a changed dependency of (not those downstream of them)."""
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
+    return {stage for stage, changes in status.items() if any("changed deps" in change for change in changes)}
+
+
+def rules_with_updated_inputs(repo: Path) -> set[str]:
+    """The stages whose rules `snakemake -n` would run for an updated input file (not for another job's
+    output), the fan-out rules as their stage."""
+    planned = run(["snakemake", "-n"], repo)
+    listed = re.search(r"^\s*updated input files:\n\s*(.+)$", planned.stdout + planned.stderr, re.MULTILINE)
+    rules = {rule.strip() for rule in listed[1].split(",")} if listed else set()
+    return {re.sub(r"_setup$|_worker\d+$|_seed_\d+$", "", rule) for rule in rules}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("edited", CODE_EDITS)
+def test_a_code_edit_reruns_the_stages_that_import_it_under_both_engines(edited, pipeline, local_run, tmp_path):
+    """A line appended to a package file: DVC and Snakemake find the same stages changed, those whose code
+    imports it; a file no stage imports re-runs nothing."""
+    rerun = {}
+    for engine, finished in (("dvc", pipeline[0]), ("snakemake", local_run)):
+        repo = copy_workspace(finished, tmp_path / engine)
+        source = repo / "src/litpipe" / edited
+        source.write_text(source.read_text() + "\n# edited\n")
+        rerun[engine] = stages_with_changed_deps(repo) if engine == "dvc" else rules_with_updated_inputs(repo)
+    must, must_not = CODE_EDITS[edited]
+    assert rerun["dvc"] == rerun["snakemake"]
+    assert must <= rerun["dvc"] and not must_not & rerun["dvc"], rerun["dvc"]
 
 
 def test_snakemake_lint_is_clean():
@@ -276,12 +332,16 @@ def search_results(repo: Path) -> list[tuple]:
 
 @pytest.mark.integration
 def test_snakemake_runs_the_pipeline_locally_with_two_search_workers(local_run):
-    for stage, outputs in ((name, stage.outs) for name, stage in dag.load(ROOT / "dvc.yaml").items()):
-        for output in outputs:
-            assert (local_run / output).exists(), (stage, output)
-    assert len(search_results(local_run)) == 2  # FAST's two-point grid, each point once across two worker jobs
+    for name, spec in raw_stages(ROOT).items():
+        for output in spec["out_paths"]:
+            assert (local_run / output).exists(), (name, output)
+    # FAST's two-point grid, each point exactly once across the two worker jobs, and both completed.
+    results = search_results(local_run)
+    assert sorted(width for width, _, _ in results) == sorted(str(w) for w in SLURM_FAST["search.space"]["model.width"])
+    assert {state for _, state, _ in results} == {"COMPLETE"}
     assert json.loads((local_run / "results/test/metrics.json").read_text())["accuracy"] > 0.5
-    assert (local_run / "logs/search-worker0.log").exists() and (local_run / "logs/search-worker1.log").exists()
+    for index in (0, 1):  # each worker job ran until the shared study needed no more trials
+        assert f"worker {index}: no trials left" in (local_run / f"logs/search-worker{index}.log").read_text()
 
 
 @pytest.mark.integration
@@ -293,8 +353,9 @@ def test_profile_slurm_submits_every_compute_rule_and_matches_the_local_run(loca
         result = run(snakemake_on_slurm(), repo)
     submitted = SUBMITTED.findall(result.stdout + result.stderr)
     rules = {rule for _, rule in submitted}
-    assert rules == {"sanity", "lr_find", "search_worker", "search", "fit", "fit_seed_1", "test", "analyze", "report"}
-    assert len(submitted) == len(rules) + 1  # two search worker jobs
+    workers = {"search_worker0", "search_worker1"}  # a job each
+    assert rules == {"sanity", "lr_find", *workers, "search", "fit", "fit_seed_1", "test", "analyze", "report"}
+    assert len(submitted) == len(rules)
     assert [states.last.get(job) for job, _ in submitted] == ["COMPLETED"] * len(submitted)  # SLURM itself ran them
     # The same outputs as the local run, with the same numbers.
     assert search_results(repo) == search_results(local_run)

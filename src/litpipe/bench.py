@@ -14,6 +14,7 @@ one grid with 1 and with N workers and reports trials per minute.
 Everything runs in a temporary directory: the repository's outputs are not touched.
 """
 
+import argparse
 import contextlib
 import json
 import logging
@@ -21,7 +22,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,16 +35,51 @@ import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from litpipe import paths
-from litpipe.config import Params
+from litpipe import fanout, logs, paths, resources
+from litpipe.config import Params, load_params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
-from litpipe.errors import StageError
-from litpipe.stages import fit, prepare
-from litpipe.training import build_model, device_type, seed_everything
+from litpipe.errors import ConfigError, StageError
+from litpipe.training import build_model, device_type, fit_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
 MONITORS = ("gradient_norms", "histograms", "device_stats", "activations")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`litpipe bench`: the JSON result alone on stdout, progress on stderr and in logs/bench.log."""
+    try:
+        params = load_params(args.params).override(overrides(args.set))
+    except ConfigError as error:
+        print(f"litpipe: {error}", file=sys.stderr)
+        return 2
+    counts = {"--epochs": (args.epochs, 2), "--repeats": (args.repeats, 1), "--search": (args.search, 1), "--points": (args.points, 1)}
+    for flag, (value, least) in counts.items():
+        if value is not None and value < least:
+            print(f"litpipe: bench: {flag} must be at least {least} (got {value})", file=sys.stderr)
+            return 2
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    logs.log_to(paths.log_file("bench"), stream=sys.stderr)
+    resources.use_cpu_share()
+    logs.adopt_library_loggers()
+    try:
+        result = run(params, args.synthetic, args.epochs, args.repeats, args.search, args.points)
+    except StageError as error:
+        log.error("bench failed: %s", error)
+        return 1
+    print(dumps(result))
+    return 0
+
+
+def overrides(assignments: list[str]) -> dict[str, object]:
+    """`KEY=VALUE` pairs, each value read as YAML (so 256 is a number and [1, 2] a list)."""
+    values = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-S {assignment!r}: expected KEY=VALUE, e.g. train.batch_size=256")
+        values[key] = yaml.safe_load(value)
+    return values
 
 
 def run(
@@ -177,7 +212,7 @@ def litpipe_fit(params: Params, plain: PlainLoop) -> tuple[list[float], list[flo
     seed_everything(params.seed)
     clock = EpochClock(plain)
     probe, first = load_split("val").head(params.observe.probe_size).x, paths.fit_run(params.seed, [params.seed])
-    run = fit.assemble(params, probe, first, callbacks=[clock])
+    run = fit_trainer(params, probe, first, callbacks=[clock])
     run.trainer.fit(build_model(params, load_meta(), augment=False), datamodule=PreparedData.from_params(params))
     return clock.plain_epochs, clock.epochs
 
@@ -236,10 +271,8 @@ def search_throughput(params: Params, workers: int, points: int, epochs: int, re
                 repeats,
             )
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "litpipe.cli", "search"], capture_output=True, text=True)
+            run_stage("search")
             seconds = time.perf_counter() - started
-            if done.returncode != 0:
-                raise StageError(f"litpipe search with {count} workers failed: {done.stderr.strip().splitlines()[-1:]}")
             rates[count].append(round(points / seconds * 60, 2))
             log.info("%d worker(s): %.1f s, %.2f trials/min", count, seconds, rates[count][-1])
     device = torch.device(device_type(params))
@@ -262,7 +295,8 @@ def _with_data(params: Params, synthetic: bool, root: Path) -> Params:
     if synthetic:
         params = params.override({"data.dataset": "synthetic_mnist"})
         log.info("preparing synthetic MNIST-shaped data (60,000 + 10,000 images of 1 x 28 x 28)")
-        prepare.run(params)
+        paths.PARAMS.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+        run_stage("prepare")
         return params
     if not (root / paths.META).exists():
         raise StageError(
@@ -271,6 +305,14 @@ def _with_data(params: Params, synthetic: bool, root: Path) -> Params:
     paths.PREPARED.parent.mkdir(parents=True)
     paths.PREPARED.symlink_to(root / paths.PREPARED)
     return params
+
+
+def run_stage(stage: str) -> None:
+    """`litpipe <stage>` on the scratch directory's params.yaml, as a user runs it; its output on stderr."""
+    with fanout.Launcher([fanout.Part(stage, stage)], slots=1, output=sys.stderr) as launcher:
+        pass
+    if launcher.failed:
+        raise StageError(f"litpipe {stage}: {launcher.failed[0]}")
 
 
 @contextlib.contextmanager

@@ -2,8 +2,12 @@
 
 DVC reads dvc.yaml itself. The Snakefile builds one rule per stage from `load()` at parse time and adds
 only what a cluster needs (workflow/rules/common.smk): resources, the stages that run on the submit
-host, and the search's fan-out into jobs. So a stage, a dependency, an output or a tracked param is
-written once, in dvc.yaml, and both engines re-run the same stages when it changes.
+host, and the fan-out of the stages that run in parts (litpipe/fanout.py). So a stage, a dependency, an
+output or a tracked param is written once, in dvc.yaml, and both engines re-run the same stages when it
+changes. The CLI takes the stage list and each stage's description from here too.
+
+A stage's code dependencies are not picked by hand: they are the package files its code imports, which
+`litpipe dag --write` writes into dvc.yaml (litpipe/codedeps.py).
 
 Two things DVC infers that Snakemake must be told, by rules that hold for every stage:
 - an output without a file extension is a directory (`data/prepared`, `tb/fit`);
@@ -19,6 +23,9 @@ from typing import Any
 import yaml
 
 DVC_YAML = Path("dvc.yaml")
+# The repository litpipe is installed from (an editable install): its dvc.yaml gives the CLI its stages when
+# the command runs elsewhere (a test's working directory).
+INSTALLED_DVC_YAML = Path(__file__).resolve().parents[2] / "dvc.yaml"
 IGNORED = {"__pycache__"}  # as .dvcignore: not part of a source directory
 
 
@@ -26,6 +33,7 @@ IGNORED = {"__pycache__"}  # as .dvcignore: not part of a source directory
 class Stage:
     name: str
     cmd: str
+    desc: str
     deps: tuple[str, ...]
     outs: tuple[str, ...]  # outs and metrics, which a re-run replaces
     persistent: tuple[str, ...]  # outs kept between runs (`persist: true`): what a re-run resumes from
@@ -51,8 +59,22 @@ def _stage(name: str, spec: dict) -> Stage:
         path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
         (persistent if options.get("persist") else outs).append(path)
     return Stage(
-        name, spec["cmd"], tuple(spec.get("deps", [])), tuple(outs), tuple(persistent), tuple(spec.get("params", []))
+        name,
+        spec["cmd"],
+        spec.get("desc", ""),
+        tuple(spec.get("deps", [])),
+        tuple(outs),
+        tuple(persistent),
+        tuple(spec.get("params", [])),
     )
+
+
+def stage_list() -> dict[str, Stage]:
+    """The stages the CLI offers: those of dvc.yaml here, or of the repository litpipe is installed from."""
+    for path in (DVC_YAML, INSTALLED_DVC_YAML):
+        if path.is_file():
+            return load(path)
+    return {}
 
 
 def is_directory(path: str) -> bool:
@@ -101,7 +123,7 @@ def missing_input(name: str, root: Path = Path()) -> str | None:
         return None
     stages = load(root / DVC_YAML)
     for dep in stages[name].deps:
-        maker = next((other for other in stages.values() if _makes(other, dep)), None)
+        maker = next((other for other in stages.values() if makes(other, dep)), None)
         if maker and not (root / dep).exists():
             return (
                 f"{name} needs {dep}, which the {maker.name} stage makes: "
@@ -114,8 +136,9 @@ def written_by_pipeline(root: Path = Path()) -> Callable[[str], bool]:
     """A test of whether a path (relative to the root) is something `dvc repro` writes: dvc.lock, or a
     stage's output."""
     stages = list(load(root / DVC_YAML).values()) if (root / DVC_YAML).exists() else []
-    return lambda path: path == "dvc.lock" or any(_makes(stage, path) for stage in stages)
+    return lambda path: path == "dvc.lock" or any(makes(stage, path) for stage in stages)
 
 
-def _makes(stage: Stage, path: str) -> bool:
+def makes(stage: Stage, path: str) -> bool:
     return any(path == out or path.startswith(out.rstrip("/") + "/") for out in stage.outs + stage.persistent)
+

@@ -111,3 +111,23 @@ def replicates_figure(seeds: "pd.DataFrame", spread: dict[str, float], histories
     loss_ax.set(xlabel="epoch", ylabel="validation loss", yscale="log", title="Validation loss of each seed's fit")
     loss_ax.legend(fontsize=8)
     return fig
+
+
+def training_curves(table: "pd.DataFrame", best_epoch: int, best_loss: float, swa_start: int) -> Figure:
+    """A fit's loss and accuracy per epoch (its history.csv), train and validation, with the epoch of the lowest
+    validation loss and where weight averaging starts."""
+    fig = figure(10, 4)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    epochs = table["epoch"] + 1  # counted from 1, as the logs count them
+    for split in ("train", "val"):
+        loss_ax.plot(epochs, table[f"{split}/loss"], label=split)
+        acc_ax.plot(epochs, table[f"{split}/acc"], label=split)
+    loss_ax.scatter([best_epoch + 1], [best_loss], color="tab:red", zorder=3, label="lowest val/loss")
+    for ax in (loss_ax, acc_ax):
+        # The average is first updated after epoch swa_start + 1 and validated from the next one.
+        ax.axvline(swa_start + 1.5, color="grey", linestyle=":", label="averaging starts")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    loss_ax.set(ylabel="cross-entropy", title="Loss", yscale="log")
+    acc_ax.set(ylabel="accuracy", title="Accuracy")
+    return fig

@@ -1,4 +1,5 @@
-"""What every training stage shares: seeding, the Trainer, epoch history, weight averaging."""
+"""What every training stage shares: seeding, the Trainer, epoch history, weight averaging; and the Trainers of
+a search trial and of the fit (`assemble`, `fit_trainer`), which `litpipe bench` times."""
 
 import logging
 import os
@@ -10,10 +11,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, EarlyStopping, WeightAveraging
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from litpipe import paths
 from litpipe.config import Params
 from litpipe.errors import StageError
 from litpipe.models.augment import check_crop
@@ -21,6 +23,7 @@ from litpipe.models.classifier import MONITOR, Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import Monitors, monitors
 from litpipe.observe.tensorboard import HP_METRICS, end_session, open_run, start_session
+from litpipe.preemption import Preemption
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +234,45 @@ def assemble(
         **trainer_options,
     )
     return TrainingRun(trainer, tensorboard, extra, history, early_stopping, observers)
+
+
+def fit_trainer(
+    params: Params,
+    probe: torch.Tensor,
+    run: paths.FitRun,
+    callbacks: Sequence[Callback] = (),
+    identity: str = "",
+    label: str = "",
+) -> TrainingRun:
+    """The fit's Trainer: the shared training run plus weight averaging, the best checkpoint (run.checkpoint)
+    and preemption, whose resume checkpoint carries `identity`."""
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoint.parent,
+        filename=run.checkpoint.stem,
+        monitor=MONITOR,
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+        # Save right after validation: at train-epoch end the average has already absorbed this
+        # epoch's weights and would no longer be the weights that were validated.
+        save_on_train_epoch_end=False,
+    )
+    swa_start = swa_start_epoch(params)
+    return assemble(
+        params,
+        run.run_name,
+        probe,
+        params.train.max_epochs,
+        # Preemption last: its checkpoint must come after every other callback's epoch-end work.
+        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, *callbacks, Preemption(identity, run)],
+        label=label,
+        distributed=True,
+        enable_checkpointing=True,
+        # Early stopping may only stop once the average has been validated for a full patience window.
+        min_epochs=min(params.train.max_epochs, swa_start + 1 + params.train.early_stopping_patience),
+    )
+
+
+def swa_start_epoch(params: Params) -> int:
+    """The first epoch whose weights go into the average (counted from 0)."""
+    return max(0, round(params.train.swa_epoch_start * params.train.max_epochs) - 1)

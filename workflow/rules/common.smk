@@ -1,9 +1,9 @@
 # What a cluster adds to the DAG of dvc.yaml, in one place: params validation, where jobs go, the
-# resources of each stage, which stages run on the submit host.
+# resources of each stage, which stages run on the submit host, and the helpers the other rule files share.
 import os
 from pathlib import Path
 
-from litpipe import dag, paths
+from litpipe import dag, fanout, paths
 from litpipe.config import load_params
 from litpipe.errors import ConfigError
 
@@ -19,7 +19,6 @@ if config:  # nothing reads Snakemake's config: a value given there would silent
 
 STAGES = dag.load()
 TRACKED = PARAMS.model_dump()  # the values behind each stage's tracked keys: a changed one re-runs the stage
-SEARCH_WORKERS = range(PARAMS.search.n_workers)
 SEEDS = PARAMS.replicates.seeds
 REPLICATES = {seed: paths.fit_run(seed, SEEDS) for seed in SEEDS[1:]}  # the fits after the first seed's
 

@@ -1,7 +1,7 @@
-# The fit stage of dvc.yaml, fanned out per seed of replicates.seeds: rule `fit` trains the first seed
-# (the stage's own outputs: models/best.ckpt, results/fit, tb/fit), and each further seed is a job of its
-# own, fit_seed_S, writing its entries in dvc.yaml's replicate directories (paths.fit_run). Under DVC,
-# `litpipe fit` runs them all, replicates.n_workers at once.
+# The fit stage of dvc.yaml in its parts, one per seed of replicates.seeds (src/litpipe/fanout.py names them,
+# their commands and logs): rule `fit` trains the first seed (the stage's own outputs: models/best.ckpt,
+# results/fit, tb/fit), and each further seed is a job of its own, fit_seed_S, writing its entries in dvc.yaml's
+# replicate directories (paths.fit_run). Under DVC, `litpipe fit` runs them all, replicates.n_workers at once.
 FIT = STAGES["fit"]
 
 
@@ -20,14 +20,14 @@ rule fit:
     conda:
         ENVIRONMENT
     shell:
-        f"{FIT.cmd} --seed {SEEDS[0]}"
+        fanout.fit_seed(SEEDS[0], SEEDS).command
 
 
 for replicate_seed, replicate in REPLICATES.items():
 
     rule:
         name:
-            replicate.task.replace("-", "_")
+            fanout.fit_seed(replicate_seed, SEEDS).rule
         input:
             dag.inputs(FIT, STAGES),
         output:
@@ -38,7 +38,8 @@ for replicate_seed, replicate in REPLICATES.items():
             replicate.log,
         params:
             tracked=dag.param_values(FIT, TRACKED),
-            command=f"{FIT.cmd} --seed {replicate_seed}",
+            # The shell line is formatted when the job runs, after this loop ended: values go through params.
+            command=fanout.fit_seed(replicate_seed, SEEDS).command,
         threads: cores("fit")
         resources:
             **resources("fit"),

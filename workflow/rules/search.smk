@@ -1,45 +1,54 @@
-# The search stage of dvc.yaml, fanned out: setup creates or resumes the study, N worker jobs share
-# it through the journal file (or database) on the shared filesystem, and `search` collects the
-# results. Its persistent outputs (the journal, tb/search) are not declared: Snakemake would delete
-# them before a re-run, and they are what a re-run resumes from (dvc.yaml keeps them with `persist: true`).
+# The search stage of dvc.yaml in its parts (src/litpipe/fanout.py names them, their commands and logs): setup
+# creates or resumes the study, one job per worker of search.n_workers takes its trials through the journal
+# file (or database) on the shared filesystem, and collect writes the stage's outputs. Its persistent outputs
+# (the journal, tb/search) are not declared: Snakemake would delete them before a re-run, and they are what a
+# re-run resumes from (dvc.yaml keeps them with `persist: true`).
 SEARCH = STAGES["search"]
+SETUP, COLLECT = fanout.search_setup(), fanout.search_collect()
 
 
 rule search_setup:
     input:
         dag.inputs(SEARCH, STAGES),
     output:
-        touch("results/search/jobs/setup.done"),
+        touch(SETUP.marker),
     log:
-        "logs/search-setup.log",
+        SETUP.log,
     params:
         tracked=dag.param_values(SEARCH, TRACKED),
     localrule: True
     conda:
         ENVIRONMENT
     shell:
-        f"{SEARCH.cmd} --part setup"
+        SETUP.command
 
 
-rule search_worker:
-    input:
-        "results/search/jobs/setup.done",
-    output:
-        touch("results/search/jobs/worker{index}.done"),
-    log:
-        "logs/search-worker{index}.log",
-    threads: cores("search_worker")
-    resources:
-        **resources("search_worker"),
-    conda:
-        ENVIRONMENT
-    shell:
-        f"{SEARCH.cmd} --part worker --worker {{wildcards.index}}"
+for worker in fanout.search_workers(PARAMS):
+
+    rule:
+        name:
+            worker.rule
+        input:
+            SETUP.marker,
+        output:
+            touch(worker.marker),
+        log:
+            worker.log,
+        params:
+            # The shell line is formatted when the job runs, after this loop ended: values go through params.
+            command=worker.command,
+        threads: cores("search_worker")
+        resources:
+            **resources("search_worker"),
+        conda:
+            ENVIRONMENT
+        shell:
+            "{params.command}"
 
 
 rule search:
     input:
-        expand("results/search/jobs/worker{index}.done", index=SEARCH_WORKERS),
+        [worker.marker for worker in fanout.search_workers(PARAMS)],
     output:
         outputs(SEARCH.results),
     log:
@@ -50,4 +59,4 @@ rule search:
     conda:
         ENVIRONMENT
     shell:
-        f"{SEARCH.cmd} --part collect"
+        COLLECT.command

@@ -1,19 +1,17 @@
 """search: Optuna over search.space with search.n_workers processes sharing one study.
 
-Three parts, so a cluster can run them as separate jobs (`litpipe search --part ...`):
+Three parts (fanout.py), so a cluster can run them as separate jobs (`litpipe search --part ...`):
     setup    create or resume the study, recover trials of stopped workers, enqueue the grid
     worker   take trials until the study needs no more (run N of these, anywhere)
     collect  write trials.csv, best.json and the plots
-`litpipe search` runs all three, the workers as local processes (each GPU gets its share).
-Each trial is a TensorBoard run, tb/search/trial_NNNN, and a session in the HPARAMS tab.
+`litpipe search` runs all three, the workers as local processes (each on its share of the cores, GPUs
+round-robin). Each trial is a TensorBoard run, tb/search/trial_NNNN, and a session in the HPARAMS tab.
 """
 
 import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import warnings
 
 import optuna
@@ -21,7 +19,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 
-from litpipe import paths, resources
+from litpipe import fanout, paths
 from litpipe.config import Params
 from litpipe.errors import StageError
 from litpipe.search import outputs
@@ -31,14 +29,21 @@ from litpipe.search.trial import TrialRunner
 log = logging.getLogger(__name__)
 
 
-def run(params: Params) -> None:
+def run(params: Params, part: str | None = None, worker: int = 0) -> None:
+    """The whole search, or the one part of it that a cluster job runs."""
+    if part == "setup":
+        return setup(params)
+    if part == "worker":
+        return work(params, worker)
+    if part == "collect":
+        return collect(params)
     if not params.search.enabled:
         log.info("search.enabled is false: fit will use the values in params.yaml")
         outputs.write_disabled(paths.STUDY_JOURNAL)
         return
     setup(params)
     if params.search.n_workers == 1:
-        worker(params, 0)
+        work(params, 0)
     else:
         run_workers(params)
     collect(params)
@@ -53,11 +58,13 @@ def setup(params: Params) -> None:
     log.info("study %s in %s: %s", study.study_name, _where(params), counts)
 
 
-def worker(params: Params, index: int) -> None:
-    """Run trials until the study needs no more; SIGTERM (as SLURM sends) fails the current trial."""
+def work(params: Params, index: int) -> None:
+    """Run trials until the study needs no more, or a signal stops the worker: SIGTERM (scancel) fails the
+    current trial and queues its point again, SIGUSR1 lets it finish first."""
     _route_optuna_logs()
     terminated = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda received, frame: terminated.append(received))
     study, runner = shared.open_study(params), TrialRunner(params)
     gpu = (
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"
@@ -82,27 +89,22 @@ def worker(params: Params, index: int) -> None:
         log.info("worker %d: trial %d %s", index, trial.number, state.name)
         done += 1
     if terminated:
-        raise StageError(f"worker {index} stopped by SIGTERM after {done} trials; run the stage again to finish")
+        stopped_by = signal.Signals(terminated[0]).name
+        raise StageError(f"worker {index} stopped by {stopped_by} after {done} trials; run the stage again to finish")
     log.info("worker %d: no trials left after running %d", index, done)
 
 
 def run_workers(params: Params) -> None:
-    """Start n_workers `litpipe search --part worker` processes, each on its own share of the cores; on a GPU
-    machine they share the GPUs round-robin (under CUDA MPS where several share one)."""
-    workers, gpus = params.search.n_workers, resources.visible_gpus()
-    shares = resources.cpu_shares(workers)
-    with resources.cuda_mps(-(-workers // len(gpus)) if gpus else 0, params.search.cuda_mps) as mps:
-        processes = []
-        for index in range(workers):
-            env = {**os.environ, **mps, **resources.worker_environment(index, shares[index], gpus)}
-            command = [sys.executable, "-m", "litpipe.cli", "search", "--part", "worker", "--worker", str(index)]
-            processes.append(subprocess.Popen(command, env=env))
-        log.info("started %d workers (pids %s)", len(processes), ", ".join(str(p.pid) for p in processes))
-        failed = [(index, p.wait()) for index, p in enumerate(processes)]
-    failed = [(index, code) for index, code in failed if code != 0]
-    if not failed:
+    """search.n_workers workers as local processes, all at once (fanout.Launcher: each on its share of the
+    cores, GPUs round-robin, under CUDA MPS where several share one); SIGTERM or SIGUSR1 stops them all."""
+    workers = fanout.search_workers(params)
+    with fanout.Launcher(workers, len(workers), mps=params.search.cuda_mps) as launcher:
+        pass
+    described = "; ".join(launcher.failed)
+    if launcher.signal:
+        raise StageError(f"search stopped by {launcher.signal}: {described}; completed trials are kept, run it again")
+    if not launcher.failed:
         return
-    described = ", ".join(f"worker {i} exited with {resources.exit_reason(code)}" for i, code in failed)
     unfinished = shared.open_study(params).get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     if unfinished:
         raise StageError(f"{described}; completed trials are kept, run the stage again to finish the study")

@@ -1,0 +1,99 @@
+"""The package files that some code imports, followed to the end: its import closure within litpipe.
+
+Read from the source, not by importing it: every `import` and `from ... import` statement counts, at the
+top of a module or inside a function (litpipe imports lazily so that `--help` is instant), and importing
+`litpipe.a.b` runs `litpipe/__init__.py` and `litpipe/a/__init__.py` as well. A module loaded by a name
+made at run time (`importlib.import_module`, as the CLI loads a stage's module) is not followed: whoever
+asks for a closure names such modules as roots.
+"""
+
+import ast
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+PACKAGE = "litpipe"
+SOURCE = Path("src")  # where the package lives, relative to the repository root
+CODE_SUFFIXES = (".py", ".ipynb")
+
+
+def closure(roots: Iterable[Path], source: Path = SOURCE) -> list[Path]:
+    """The package files (under `source`) that the code in `roots` imports, directly or through each other,
+    with the roots that are package files themselves; sorted."""
+    roots = [Path(root) for root in roots]
+    found = {root for root in roots if root.is_relative_to(source / PACKAGE)}
+    pending = list(roots)
+    while pending:
+        path = pending.pop()
+        for module in imported_modules(path, source):
+            for file in _files_run_by_import(module, source):
+                if file not in found:
+                    found.add(file)
+                    pending.append(file)
+    return sorted(found)
+
+
+def code_files(path: Path) -> Iterator[Path]:
+    """`path` if it is code (Python or a notebook), else the code files in it when it is a directory."""
+    if path.is_dir():
+        for file in sorted(path.rglob("*")):
+            if file.suffix in CODE_SUFFIXES and "__pycache__" not in file.parts:
+                yield file
+    elif path.suffix in CODE_SUFFIXES:
+        yield path
+
+
+def imported_modules(path: Path, source: Path) -> Iterator[str]:
+    """The dotted names of the litpipe modules a file's statements import (a notebook: its code cells)."""
+    this = _module_name(path, source)
+    for node in ast.walk(ast.parse(_code(path), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, this)
+            # `from litpipe import paths` imports the module litpipe.paths when there is one.
+            names = [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
+        else:
+            continue
+        yield from (name for name in names if name == PACKAGE or name.startswith(PACKAGE + "."))
+
+
+def _files_run_by_import(module: str, source: Path) -> Iterator[Path]:
+    """The files importing `module` runs: each package's __init__.py on the way, and the module's own file
+    (nothing where no such module exists: `from litpipe.x import name` names an attribute)."""
+    parts = module.split(".")
+    for depth in range(1, len(parts) + 1):
+        directory = source.joinpath(*parts[:depth])
+        if (directory / "__init__.py").is_file():
+            yield directory / "__init__.py"
+        elif depth == len(parts) and directory.with_suffix(".py").is_file():
+            yield directory.with_suffix(".py")
+
+
+def _absolute(node: ast.ImportFrom, this: str | None) -> str:
+    """The module a `from` statement imports from, relative ones resolved against the importing module."""
+    if not node.level:
+        return node.module or ""
+    if this is None:
+        raise ValueError(f"a relative import (line {node.lineno}) outside the {PACKAGE} package")
+    package = this.split(".")[: -node.level]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def _module_name(path: Path, source: Path) -> str | None:
+    """litpipe.a.b for source/litpipe/a/b.py (and for a package's __init__.py, its package plus __init__, so
+    that its relative imports resolve against the package); None outside the package."""
+    path = Path(path)
+    if not path.is_relative_to(source / PACKAGE) or path.suffix != ".py":
+        return None
+    return ".".join(path.relative_to(source).with_suffix("").parts)
+
+
+def _code(path: Path) -> str:
+    """A Python file's text, or a notebook's code cells without IPython's magics and shell lines."""
+    text = Path(path).read_text()
+    if Path(path).suffix != ".ipynb":
+        return text
+    cells = [cell["source"] for cell in json.loads(text)["cells"] if cell["cell_type"] == "code"]
+    lines = "\n".join("".join(cell) if isinstance(cell, list) else cell for cell in cells).splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))
