@@ -26,7 +26,7 @@ def write_package(root: Path, files: dict[str, str]) -> None:
 
 PACKAGE = {
     "litpipe/__init__.py": "",
-    "litpipe/top.py": "import os\nfrom litpipe import plain, sub\nfrom litpipe.named import thing\n",
+    "litpipe/top.py": "import os\nfrom litpipe import plain, plugins, sub\nfrom litpipe.named import thing\n",
     "litpipe/plain.py": "import numpy\n",
     "litpipe/named.py": "thing = 1\n",
     "litpipe/sub/__init__.py": "from . import relative\n",
@@ -36,8 +36,10 @@ PACKAGE = {
     "litpipe/deep/inner.py": "from .sibling import x\n",
     "litpipe/deep/sibling.py": "x = 1\n",
     "litpipe/unused.py": "import litpipe.top\n",  # imports the root, but nothing imports it
-    "litpipe/dynamic.py": "",  # only named in a string
-    "litpipe/strings.py": "import importlib\nimportlib.import_module('litpipe.dynamic')\n",
+    "litpipe/plugins.py": "import importlib\nimportlib.import_module('litpipe.dynamic')\n"
+    "name = 'litpipe.' + 'unnamed'\nimportlib.import_module(name)\n",
+    "litpipe/dynamic.py": "",  # imported by a name written out
+    "litpipe/unnamed.py": "",  # imported by a name made at run time: a root, for whoever asks
 }
 
 
@@ -55,6 +57,8 @@ def test_the_closure_follows_every_import_form_and_nothing_else(tmp_path):
         "litpipe/deep/__init__.py",  # an import inside a function, through its package
         "litpipe/deep/inner.py",
         "litpipe/deep/sibling.py",  # from .module import name
+        "litpipe/plugins.py",
+        "litpipe/dynamic.py",  # importlib.import_module("litpipe.dynamic")
     }
 
 

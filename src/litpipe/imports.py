@@ -1,10 +1,11 @@
 """The package files that some code imports, followed to the end: its import closure within litpipe.
 
 Read from the source, not by importing it: every `import` and `from ... import` statement counts, at the
-top of a module or inside a function (litpipe imports lazily so that `--help` is instant), and importing
-`litpipe.a.b` runs `litpipe/__init__.py` and `litpipe/a/__init__.py` as well. A module loaded by a name
-made at run time (`importlib.import_module`, as the CLI loads a stage's module) is not followed: whoever
-asks for a closure names such modules as roots.
+top of a module or inside a function (litpipe imports lazily so that `--help` is instant), and so does
+`importlib.import_module("litpipe.x")` with the name written out; importing `litpipe.a.b` runs
+`litpipe/__init__.py` and `litpipe/a/__init__.py` as well. A module loaded by a name made at run time (as the
+CLI loads a stage's module and its tools) is not followed: whoever asks for a closure names such modules as
+roots.
 """
 
 import ast
@@ -53,9 +54,20 @@ def imported_modules(path: Path, source: Path) -> Iterator[str]:
             base = _absolute(node, this)
             # `from litpipe import paths` imports the module litpipe.paths when there is one.
             names = [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
+        elif _is_import_call(node):
+            names = [node.args[0].value]
         else:
             continue
         yield from (name for name in names if name == PACKAGE or name.startswith(PACKAGE + "."))
+
+
+def _is_import_call(node: ast.AST) -> bool:
+    """`importlib.import_module("name")` or `__import__("name")`, the name a string written out."""
+    if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+        return False
+    function = node.func
+    name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+    return name in ("import_module", "__import__") and isinstance(node.args[0].value, str)
 
 
 def _files_run_by_import(module: str, source: Path) -> Iterator[Path]:
