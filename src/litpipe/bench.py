@@ -309,7 +309,7 @@ def _with_data(params: Params, synthetic: bool, root: Path) -> Params:
 
 def run_stage(stage: str) -> None:
     """`litpipe <stage>` on the scratch directory's params.yaml, as a user runs it; its output on stderr."""
-    with fanout.Launcher([fanout.Part(stage, stage)], slots=1, output=sys.stderr) as launcher:
+    with fanout.Launcher([fanout.whole(stage)], slots=1, output=sys.stderr) as launcher:
         pass
     if launcher.failed:
         raise StageError(f"litpipe {stage}: {launcher.failed[0]}")

@@ -69,6 +69,11 @@ class Part:
         return self.task.replace("-", "_")
 
 
+def whole(stage: str) -> Part:
+    """The whole stage as one part: `litpipe <stage>`."""
+    return Part(stage, stage, title=f"litpipe {stage}")
+
+
 def search_setup() -> Part:
     return Part("search", "search-setup", (("part", "setup"),), "the search's setup", SEARCH_JOBS / "setup.done")
 
@@ -121,7 +126,7 @@ def chosen(stage: str, args: argparse.Namespace, params: "Params") -> Part:
         return search_collect()
     if seed is not None:
         return fit_seed(seed, params.replicates.seeds)
-    return Part(stage, stage)
+    return whole(stage)
 
 
 class Launcher:
