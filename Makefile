@@ -1,4 +1,5 @@
-# Two entry points on a fresh clone: `make repro` (the whole pipeline) and `make test`.
+# Entry points on a fresh clone: `make repro` (the whole pipeline), `make test` (every test, as CI runs them) and
+# `make test-fast` (the tests not marked slow).
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
@@ -7,7 +8,7 @@ LOCK := requirements.lock
 # Where `make lock` resolves from, besides PyPI: on the reference machine, its local index and torch cap.
 LOCK_SOURCES ?= $(if $(wildcard /etc/xdg/pip/constraints.txt),--extra-index-url file:///opt/pypi/simple --constraint /etc/xdg/pip/constraints.txt)
 
-.PHONY: install repro test experiments lock clean
+.PHONY: install repro test test-fast experiments lock clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +35,10 @@ repro: install
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" pytest $(PYTEST_ARGS)
+
+# The fast tier (under 3 minutes): params, data, figures, DAG parity, CLI errors; no test marked slow.
+test-fast: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" pytest -m "not slow" $(PYTEST_ARGS)
 
 experiments: install  # dvc exp show, readable: test metrics and the changed params (README)
 	PATH="$(CURDIR)/$(BIN):$$PATH" litpipe experiments

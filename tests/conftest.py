@@ -1,12 +1,53 @@
-"""Fixtures: the default pipeline run once by `dvc repro`, a prepared digits directory, the default params."""
+"""Fixtures: the default pipeline run once by `dvc repro`, a prepared digits directory, the default params.
+Hooks: the slow tier, skips that fail under LITPIPE_REQUIRE_TOOLS=1, signal handlers restored after each test."""
 
+import signal
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .helpers import FAST, ROOT, copy_repo, require_tool, run
+from .helpers import FAST, REQUIRE_TOOLS, ROOT, copy_repo, require_tool, run
+
+# The signals a fit (litpipe.preemption, Lightning, the fan-out launcher) installs handlers for.
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """An integration test drives the real tools end to end: always in the slow tier."""
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under LITPIPE_REQUIRE_TOOLS=1 (CI) a skip is a failure, however it came (helpers.missing, pytest.skip,
+    a skipif mark), unless the test is marked needs_gpu: a machine without a GPU is the one thing CI may lack."""
+    report = yield
+    if (
+        REQUIRE_TOOLS
+        and report.skipped
+        and not hasattr(report, "wasxfail")  # an expected failure is reported as a skip: not one
+        and item.get_closest_marker("needs_gpu") is None
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under LITPIPE_REQUIRE_TOOLS=1 (only needs_gpu tests may skip): {reason}"
+    return report
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """A fit run in the test's own process installs handlers for these signals (and Lightning's outlive its
+    Trainer): each test starts with the handlers the one before it found."""
+    before = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    yield
+    for signum, handler in before.items():
+        if handler is not None and signal.getsignal(signum) is not handler:  # None: installed outside Python
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

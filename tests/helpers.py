@@ -13,21 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment litpipe, dvc and friends are installed in
 
-# Under CI (.ci/run sets this) a missing tool fails the test instead of skipping it.
+# Under CI (.ci/run sets this) every skip but a needs_gpu test's is a failure (conftest.py's report hook).
 REQUIRE_TOOLS = os.environ.get("LITPIPE_REQUIRE_TOOLS") == "1"
 
 
 def missing(message: str) -> None:
-    """A real component a test needs is absent: skip on a laptop, fail under CI."""
-    if REQUIRE_TOOLS:
-        pytest.fail(f"{message} (LITPIPE_REQUIRE_TOOLS=1)")
+    """A real component a test needs is absent: skip on a laptop; under CI the skip is reported as a failure."""
     pytest.skip(message)
 
 
@@ -114,7 +114,7 @@ FAST = {
 }
 
 
-STAGES = ["prepare", "sanity", "lr_find", "search", "fit", "test", "analyze", "report"]
+STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # in dvc.yaml's order (the run's)
 
 
 def chromium() -> str:
@@ -183,6 +183,31 @@ def search_progress(workspace: Path) -> tuple[dict[int, int], set[int]]:
 def is_stopped(pid: int) -> bool:
     """SIGSTOP has taken effect: the process is in state T (/proc/<pid>/stat, after the command's name)."""
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP, and wait until it has taken effect."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: is_stopped(pid), 10, f"stop of process {pid}")
+
+
+def catches(pid: int, signum: signal.Signals) -> bool:
+    """The process has a handler of its own for the signal (the SigCgt mask of /proc/<pid>/status): without
+    one, the signal takes its default action, which for SIGTERM and SIGUSR1 ends the process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)[1], 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def expected_spread(values: list[float]) -> dict[str, float]:
+    """The spread over seeds as specified, computed here with NumPy and SciPy: the mean, the sample standard
+    deviation and Student's t 95% interval of the mean; for identical values (no spread) std 0 and the
+    interval [x, x] (SciPy's t.interval gives nan for a scale of 0)."""
+    data = np.asarray(values, dtype=float)
+    if np.all(data == data[0]):
+        return {"mean": data[0], "std": 0.0, "ci95_low": data[0], "ci95_high": data[0]}
+    low, high = stats.t.interval(0.95, len(data) - 1, loc=data.mean(), scale=stats.sem(data))
+    return {"mean": data.mean(), "std": data.std(ddof=1), "ci95_low": low, "ci95_high": high}
 
 
 def freeze_a_worker_mid_trial(

@@ -27,13 +27,6 @@ from .helpers import ROOT, copy_repo, require_tool, run, tool_env
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 360
 
-# Commands that do not exist yet: each xfails (strictly: once it works, take it out of here).
-NOT_YET = {
-    "make test-fast": "lead is adding it",
-    "pytest marker slow": "lead is adding it",
-    "pytest marker needs_gpu": "lead is adding it",
-}
-
 # Programs the pages may give commands for that are not checked here, and why.
 UNCHECKED = {
     "cp": "a file copy in the data walk-through",
@@ -149,15 +142,10 @@ COMMANDS = all_commands()
 
 
 def commands_of(program: str) -> list:
-    """The program's commands as test parameters, marked xfail where NOT_YET names them."""
-    params = []
-    for command in COMMANDS:
-        if command.argv[0] != program:
-            continue
-        reason = next((why for name, why in NOT_YET.items() if command.text.startswith(name)), None)
-        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        params.append(pytest.param(command, id=f"{command.text} ({command.where})", marks=marks))
-    return params
+    """The program's commands as test parameters."""
+    return [
+        pytest.param(command, id=f"{command.text} ({command.where})") for command in COMMANDS if command.argv[0] == program
+    ]
 
 
 def test_every_command_is_one_this_file_checks():
@@ -222,6 +210,18 @@ def test_litpipe_help_lists_every_stage_with_its_description():
         assert f" {name} " in listing, f"litpipe --help does not list {name}"
         assert spec.get("desc"), f"dvc.yaml: stage {name} has no desc"
         assert " ".join(spec["desc"].split()) in listing, f"litpipe --help: {name}'s desc differs from dvc.yaml's"
+
+
+def test_the_readme_stage_table_and_the_diagram_name_the_stages_of_dvc_yaml_in_order():
+    """The stage names are a contract (DESIGN: identical in dvc.yaml, the CLI and the Snakefile): the README's
+    table lists dvc.yaml's stages in their order, and its diagram draws each of them."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The stages")[1].split("\n## ")[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
+    stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert listed == stages
+    diagram = readme.split("## Two commands")[0]
+    assert all(re.search(rf"(-> {stage}\b|\b{stage} ->)", diagram) for stage in stages), diagram
 
 
 @pytest.fixture
@@ -429,12 +429,7 @@ def pytest_markers() -> list:
     }
     for page in PAGES:  # markers the pages name in prose (`needs_gpu`)
         names |= set(re.findall(r"marked `(\w+)`", page.read_text()))
-    params = []
-    for name in sorted(names):
-        reason = NOT_YET.get(f"pytest marker {name}")
-        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        params.append(pytest.param(name, id=name, marks=marks))
-    return params
+    return sorted(names)
 
 
 @pytest.mark.parametrize("marker", pytest_markers())

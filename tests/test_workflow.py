@@ -165,6 +165,7 @@ TOY_STAGE = {
 }
 
 
+@pytest.mark.slow
 def test_a_stage_added_to_dvc_yaml_runs_under_both_engines(tmp_path):
     """No other file edited: the Snakefile finds the stage, runs it, and both engines see its data change."""
     require_tool("dvc")
