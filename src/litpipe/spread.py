@@ -15,6 +15,8 @@ def spread(values: Sequence[float]) -> dict[str, float] | None:
     n = len(values)
     if n < 2:
         return None
+    if all(value == values[0] for value in values):  # seeds that agree exactly: no spread, and no rounding of it
+        return dict(zip(STATISTICS, (values[0], 0.0, values[0], values[0]), strict=True))
     mean = math.fsum(values) / n
     std = math.sqrt(math.fsum((value - mean) ** 2 for value in values) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
