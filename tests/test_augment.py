@@ -6,12 +6,13 @@ import torch.nn.functional as F
 
 from litpipe import paths
 from litpipe.config import Params
-from litpipe.data.prepared import load_meta
+from litpipe.data.prepared import load_meta, load_split
 from litpipe.errors import ConfigError, StageError
 from litpipe.io import read_json, write_json
+from litpipe.models import classifier
 from litpipe.models.augment import augment, random_crop, random_flip
 from litpipe.models.classifier import Classifier
-from litpipe.stages import fit
+from litpipe.stages import fit, sanity
 from litpipe.training import build_model
 
 CHANNELS = pytest.mark.parametrize("channels", [1, 3])
@@ -92,6 +93,7 @@ def test_augmentation_is_reproducible_under_a_seed():
     assert not torch.equal(runs[0], runs[2])
 
 
+@pytest.mark.needs_gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_augmentation_runs_on_the_batchs_device():
     x = images(3)
@@ -112,12 +114,36 @@ def fitted(params: Params) -> tuple[dict, str]:
     return read_json(paths.FIT_METRICS), paths.FIT_HISTORY.read_text()
 
 
-def test_a_fit_with_augmentation_trains_and_records_it(digits):
+@pytest.fixture
+def training_images(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every training piece the classifier steps on, as (images given, images trained on): the module's own
+    augment call is watched, and still does the work."""
+    seen = []
+
+    def watched(x: torch.Tensor, flip: bool, crop: int) -> torch.Tensor:
+        out = augment(x, flip, crop)
+        seen.append((x.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(classifier, "augment", watched)
+    return seen
+
+
+def changed(pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(not torch.equal(given, trained) for given, trained in pieces)
+
+
+@pytest.mark.slow
+def test_a_fit_with_augmentation_trains_and_records_it(digits, training_images):
     params = digits.override({"train.max_epochs": 3, "train.accelerator": "cpu"})
-    plain = fitted(params)
+    fitted(params)
+    assert training_images and changed(training_images) == 0  # off: every step on the stored images
+    training_images.clear()
     augmented = params.override({"train.augment_flip": True, "train.augment_crop": 1})
     metrics, history = fitted(augmented)
-    assert history != plain[1]
+    # On: the steps trained on flipped and cropped images (each piece of 64 digits, all unchanged by chance:
+    # below 2**-64).
+    assert changed(training_images) == len(training_images) > 0
     assert metrics["best_val_acc"] > 0.5  # ten classes: it learned
     model = Classifier.from_checkpoint(paths.BEST_CKPT)
     assert (model.hparams.augment_flip, model.hparams.augment_crop) == (True, 1)
@@ -125,10 +151,24 @@ def test_a_fit_with_augmentation_trains_and_records_it(digits):
     assert fitted(augmented.override({"train.steps_per_call": 1})) == (metrics, history)
 
 
-def test_the_overfit_check_builds_its_model_without_augmentation(digits):
-    params = digits.override({"train.augment_flip": True, "train.augment_crop": 2})
-    model = build_model(params, load_meta(), augment=False)
-    assert (model.hparams.augment_flip, model.hparams.augment_crop) == (False, 0)
+def test_the_overfit_check_trains_on_the_stored_batch_and_the_other_checks_augment(digits, training_images):
+    """sanity.run with augmentation on: the overfit steps see its fixed batch exactly as stored (a batch that
+    changes every step cannot be memorised); fast_dev_run and the profiler train as the fit would, augmented."""
+    params = digits.override(
+        {
+            "train.augment_flip": True,
+            "train.augment_crop": 2,
+            "sanity.overfit_epochs": 3,
+            "sanity.overfit_max_loss": 100.0,  # three steps: the check passes, the point is what they train on
+        }
+    )
+    sanity.run(params)
+    batch = load_split("train").head(params.train.batch_size).x
+    overfit = [(given, trained) for given, trained in training_images if torch.equal(given, batch)]
+    others = [(given, trained) for given, trained in training_images if not torch.equal(given, batch)]
+    assert len(overfit) == params.sanity.overfit_epochs  # one step per epoch on the one batch
+    assert changed(overfit) == 0
+    assert others and changed(others) == len(others)
 
 
 def test_a_crop_padding_as_large_as_the_image_fails_naming_the_param(digits):

@@ -5,6 +5,7 @@ import math
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -24,6 +25,7 @@ def test_ddp_shards_are_disjoint_equal_and_cover_the_data():
     assert len(set(torch.cat(shards).tolist())) == 9
 
 
+@pytest.mark.slow
 def test_two_process_ddp_fit_on_cpu(tmp_path, monkeypatch, default_params):
     monkeypatch.chdir(tmp_path)
     changes = {"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp", "train.max_epochs": 3}

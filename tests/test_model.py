@@ -56,6 +56,7 @@ def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits, 
     assert assert_checkpoint_is_averaged(paths.BEST_CKPT) == summary["best_epoch"] - summary["swa_start_epoch"]
 
 
+@pytest.mark.slow
 def test_fit_is_reproducible_on_cpu(workspace, tmp_path):
     """Two `litpipe fit` processes, as two runs of the pipeline are: nothing carried over in memory (seeds,
     cached state) can make them agree. They run side by side, each in its own copy of the workspace."""

@@ -3,8 +3,12 @@
 import csv
 import json
 import math
+import os
+import pty
+import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,16 +17,32 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from litpipe import paths
-from litpipe.config import Params
 from litpipe.observe.monitors import Monitors
-from litpipe.observe.tensorboard import HP_METRICS, hparam_columns, open_run
+from litpipe.observe.tensorboard import HP_METRICS, open_run
 from litpipe.stages import sanity
 from litpipe.training import make_trainer
 
-from .helpers import STAGES, require_module, require_tool, tool_env
+from .helpers import ROOT, STAGES, require_module, require_tool, tool_env
+
+
+def documented_hparams_tab(params: dict) -> tuple[set[str], list[str]]:
+    """The HPARAMS tab's hyperparameter and metric columns as the README (or a page of docs/) describes them:
+    `section.*` stands for every key of that params.yaml section (`params`, the raw YAML)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = next(
+        text for text in (page.read_text() for page in pages) if re.search(r"hyperparameter\s+columns\s*\(", text)
+    )
+    bullet = text[text.index("**HPARAMS tab.**") :].split("\n- ")[0]
+    listed = re.findall(r"`([^`]+)`", re.search(r"hyperparameter\s+columns\s*\(([^)]*)\)", bullet)[1])
+    columns = set()
+    for name in listed:
+        section, _, key = name.partition(".")
+        columns |= {f"{section}.{k}" for k in params[section]} if key == "*" else {name}
+    return columns, list(dict.fromkeys(re.findall(r"`(hp/\w+)`", bullet)))
 
 
 class TensorBoardServer:
@@ -115,9 +135,9 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
         lambda: (e := tensorboard.post("/data/plugin/hparams/experiment", {"experimentName": ""}))["metricInfos"] and e
     )
     columns = [info["name"] for info in experiment["hparamInfos"]]
-    params = Params.model_validate(yaml.safe_load((repo / "params.yaml").read_text()))
-    assert set(columns) == set(hparam_columns(params, 1))
-    assert [info["name"]["tag"] for info in experiment["metricInfos"]] == list(HP_METRICS)
+    documented_columns, documented_metrics = documented_hparams_tab(yaml.safe_load((repo / "params.yaml").read_text()))
+    assert set(columns) == documented_columns
+    assert [info["name"]["tag"] for info in experiment["metricInfos"]] == documented_metrics
 
     groups = tensorboard.wait_until(
         lambda: (g := tensorboard.session_groups(columns)) and {x["name"] for x in g} == expected_sessions and g
@@ -126,7 +146,7 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
     for group in groups:
         assert set(group["hparams"]) == set(columns), group["name"]  # same hyperparameter columns everywhere
         values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-        wanted = HP_METRICS if group["name"] == "fit" else ("hp/best_val_loss", "hp/best_val_acc")
+        wanted = documented_metrics if group["name"] == "fit" else ("hp/best_val_loss", "hp/best_val_acc")
         for tag in wanted:
             assert math.isfinite(values[tag]), (group["name"], tag, values)
         assert "hp/test_acc" in values or group["name"] != "fit"
@@ -222,9 +242,16 @@ def test_profiler_on_three_batches_writes_a_training_trace_and_an_op_table(digit
     assert "CPU total" in operations and "aten::addmm" in operations and "Optimizer.step" in operations
 
 
-def test_progress_bar_only_on_a_terminal(digits):
+def test_progress_bar_only_on_a_terminal(digits, monkeypatch):
     # Under pytest stderr is not a terminal: no live bar, the History lines carry the progress.
+    assert not sys.stderr.isatty()
     assert make_trainer(digits).progress_bar_callback is None
+    # On a real terminal (a pseudo-terminal's device as stderr): Lightning's live bar.
+    terminal, device = pty.openpty()
+    with os.fdopen(device, "w") as stderr, os.fdopen(terminal, "rb"):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        assert sys.stderr.isatty()
+        assert isinstance(make_trainer(digits).progress_bar_callback, ProgressBar)
 
 
 class Exploding(pl.LightningModule):
@@ -259,6 +286,7 @@ def test_non_finite_gradient_norms_are_skipped_with_a_warning(tmp_path, monkeypa
     assert "non-finite gradient norms at step 1" in caplog.text
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_written(digits, monkeypatch):
     require_module("wandb")
     from litpipe.io import write_json

@@ -106,9 +106,30 @@ def test_bad_search_settings_are_config_errors(tmp_path, default_params, search,
         load_params(path)
 
 
+def test_of_trials_that_tie_the_earliest_is_the_best(tmp_path, monkeypatch):
+    """Two trials with the same validation loss (the best): best.json, which the fit trains with, names the
+    one that ran first, so a re-run of the search's outputs picks the same params."""
+    from litpipe.search import outputs
+
+    monkeypatch.chdir(tmp_path)
+    widths = optuna.distributions.CategoricalDistribution([8, 16, 32])
+    study = optuna.create_study(direction="minimize")
+    for width, loss in ((32, 0.5), (8, 0.25), (16, 0.25)):
+        attrs = {"params": {"model.width": width}, "val_acc": 0.9, "best_epoch": 2}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.width": width}, distributions={"model.width": widths}, value=loss, user_attrs=attrs
+            )
+        )
+    best = outputs.write(study)
+    assert (best["trial"], best["params"], best["value"]) == (1, {"model.width": 8}, 0.25)
+    assert json.loads(Path("results/search/best.json").read_text())["trial"] == 1
+
+
 # --- scheduling and fault tolerance ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grid_of_12_with_2_workers_runs_each_point_exactly_once(workspace):
     workspace(settings(space=GRID_12, n_workers=2))
     output = litpipe("search").stdout
@@ -142,6 +163,7 @@ def same_point(trial: optuna.trial.FrozenTrial) -> dict:
     return trial.system_attrs["fixed_params"]  # the grid point enqueued for it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "workers", "rerun"),
     [
@@ -191,6 +213,7 @@ def test_a_killed_worker_loses_nothing_and_the_rerun_completes_the_grid(workspac
     assert [t.number for t in study.trials if t.state == TrialState.FAIL] == [victim]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
 def test_pruning_shows_in_the_trials_table(workspace, pruner):
     # Widest first: the narrow nets that follow fall behind early and get pruned.
@@ -210,6 +233,61 @@ def test_pruning_shows_in_the_trials_table(workspace, pruner):
     assert all(row["params_model.width"] != "2" for row in rows if row["state"] == "COMPLETE")
 
 
+@pytest.mark.slow
+def test_hyperband_runs_and_prunes(workspace):
+    """search.pruner: hyperband (successive halving in brackets that start at different epochs), one worker
+    so that the trials run in order: the narrow nets that follow the widest fall behind and are pruned."""
+    workspace(
+        settings(
+            space={"model.width": [128, 64, 32, 16, 4, 2]},
+            pruner="hyperband",
+            pruner_warmup_epochs=1,
+            max_epochs=15,
+            n_workers=1,
+        )
+    )
+    litpipe("search")
+    states = [row["state"] for row in trials()]
+    assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states, states
+    best = json.loads(Path("results/search/best.json").read_text())
+    assert best["states"]["PRUNED"] == states.count("PRUNED") and best["params"]["model.width"] != 2
+
+
+def studies() -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """Every study in the journal, read with Optuna's own storage classes: its trials, by study name."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend("results/search/study.journal")
+    )
+    return {
+        summary.study_name: optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        for summary in optuna.get_all_study_summaries(storage)
+    }
+
+
+@pytest.mark.slow
+def test_raising_n_trials_continues_the_study_and_a_changed_setting_starts_another(workspace):
+    space = {"model.width": {"low": 8, "high": 64, "step": 8}, "model.dropout": {"low": 0.0, "high": 0.5}}
+    workspace(settings(sampler="random", n_trials=2, n_workers=1, max_epochs=1, space=space))
+    litpipe("search")
+    ((name, first),) = studies().items()
+    assert len(first) == 2
+
+    workspace(settings(sampler="random", n_trials=3, n_workers=1, max_epochs=1, space=space))
+    litpipe("search")
+    ((same_name, continued),) = studies().items()  # the same study, the earlier trials kept as they were
+    assert same_name == name and len(continued) == 3 and continued[:2] == first
+    assert [int(row["number"]) for row in trials()] == [0, 1, 2]
+
+    workspace(settings(sampler="random", n_trials=3, n_workers=1, max_epochs=2, space=space))  # other epochs
+    litpipe("search")
+    found = studies()
+    assert len(found) == 2 and found[name] == continued  # a new study beside the old one, which is untouched
+    (new,) = set(found) - {name}
+    assert len(found[new]) == 3 and {t.state for t in found[new]} == {TrialState.COMPLETE}
+    assert [float(row["value"]) for row in trials()] == [t.value for t in found[new]]  # the table is the new one's
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
     workspace(
@@ -232,6 +310,7 @@ def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
         assert 1e-6 <= float(row["params_optim.weight_decay"]) <= 1e-2
 
 
+@pytest.mark.slow
 def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workspace):
     workspace(settings(space={"optim.lr": {"lr_find": [0.5, 2.0]}}))
     litpipe("lr_find")
@@ -243,6 +322,7 @@ def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workspace):
     assert best["params"]["optim.lr"] == pytest.approx(best["optuna_params"]["optim.lr@lr_find"] * suggestion)
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_study_runs_nothing(workspace):
     workspace(settings(space={"model.width": [8, 16]}))
     litpipe("search")
@@ -290,6 +370,7 @@ def postgres():
     shutil.rmtree(base)
 
 
+@pytest.mark.slow
 def test_postgresql_study_with_3_workers_loses_nothing(workspace, postgres):
     space = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1]}
     workspace(settings(space=space, n_workers=3, storage=postgres))
@@ -300,6 +381,7 @@ def test_postgresql_study_with_3_workers_loses_nothing(workspace, postgres):
     assert len({point(row) for row in rows}) == 6
 
 
+@pytest.mark.slow
 def test_postgresql_heartbeats_retry_a_killed_workers_trial(workspace, postgres, tmp_path):
     from litpipe.search.study import open_study
 

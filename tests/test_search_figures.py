@@ -31,7 +31,7 @@ SPACE = {
     "model.depth": lambda trial, name: trial.suggest_int(name, 1, 3),
     "params_model.dropout": lambda trial, name: trial.suggest_float(name, 0.2, 1.0, log=True),  # minor ticks named
 }
-FIGURES = set(paths.SEARCH_PLOTS)
+FIGURES = {"history", "importances", "parallel_coordinates", "slice"}  # the README's list of the search's plots
 
 
 @pytest.fixture(autouse=True)
@@ -131,20 +131,40 @@ def crowded(fig: Figure) -> list[tuple[str, str]]:
 def assert_written(saved: dict[str, Figure]) -> None:
     assert set(saved) == FIGURES
     for name, fig in saved.items():
-        assert_valid_png(fig, paths.SEARCH_PLOTS[name])
+        assert_valid_png(fig, Path(f"results/search/{name}.png"))
     assert {name: clipped(fig) for name, fig in saved.items()} == {name: [] for name in saved}
+
+
+def plotted(fig: Figure) -> list:
+    """The axes of a figure but its colour bars: a placeholder (outputs.write_placeholder) is a note, none."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def assert_drawn(saved: dict[str, Figure], params: int, trials: int) -> None:
+    """Each figure is Optuna's plot of the study, not a placeholder note: the trials' values over time, a bar
+    per param, a line per trial across an axis per param and the objective's, a panel per param with a dot
+    per trial."""
+    history, importances = plotted(saved["history"]), plotted(saved["importances"])
+    assert len(history) == 1 and len(history[0].collections[0].get_offsets()) == trials
+    assert len(importances) == 1 and len(importances[0].patches) == params
+    coordinates = plotted(saved["parallel_coordinates"])
+    assert len(coordinates) == params + 1 and len(coordinates[0].collections[0].get_segments()) == trials
+    panels = plotted(saved["slice"])
+    assert len(panels) == params and all(len(ax.collections[0].get_offsets()) == trials for ax in panels)
 
 
 @pytest.mark.parametrize("params", [1, 3, 6])
 def test_every_search_figure_keeps_its_texts_inside_and_apart(saved, params):
     outputs.write_plots(study(params))
     assert_written(saved)
+    assert_drawn(saved, params, trials=16)
     assert {name: crowded(fig) for name, fig in saved.items()} == {name: [] for name in saved}
 
 
 @pytest.mark.parametrize("params", [1, 3, 6])
 def test_the_figures_name_every_param(saved, params):
     outputs.write_plots(study(params))
+    assert_drawn(saved, params, trials=16)
     names = set(list(SPACE)[:params])
     texts = {name: {text.get_text() for text in drawn_texts(fig)} for name, fig in saved.items()}
     assert names <= texts["slice"]  # one subplot per param, its name below
@@ -163,6 +183,24 @@ def test_too_few_trials_still_write_every_figure(saved, trials):
 def test_a_disabled_search_writes_every_figure_as_a_note(saved):
     outputs.write_disabled(paths.STUDY_JOURNAL.resolve())
     assert_written(saved)
+    for fig in saved.values():
+        assert plotted(fig) == [] and [text.get_text() for text in fig.texts] == [
+            "search.enabled is false: no search was run; fit used the values in params.yaml"
+        ]
+
+
+def test_a_plot_optuna_cannot_draw_is_a_note_saying_why_and_the_others_are_drawn(saved, monkeypatch):
+    def cannot(study: optuna.Study):
+        raise RuntimeError("no two completed trials")
+
+    monkeypatch.setitem(outputs.PLOTS, "importances", cannot)
+    outputs.write_plots(study(3))
+    assert_written(saved)
+    assert plotted(saved["importances"]) == []
+    assert [text.get_text() for text in saved["importances"].texts] == [
+        "not enough trials for this plot: no two completed trials"
+    ]
+    assert all(plotted(saved[name]) for name in FIGURES - {"importances"})
 
 
 def test_drawing_leaves_the_global_style_alone(saved):

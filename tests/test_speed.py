@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,7 @@ def test_loader_path_yields_exactly_the_resident_batches(digits):
     assert not torch.equal(first[0][1], first[len(first) // 2][1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
 def test_fit_gives_the_same_metrics_on_both_data_paths(digits, caplog, augmented):
     params = digits.override({"train.augment_flip": augmented, "train.augment_crop": 2 if augmented else 0})
@@ -95,6 +97,7 @@ def test_monitors_do_not_change_the_training(digits):
     assert fitted(digits) == fitted(digits.override(MONITORS_OFF))
 
 
+@pytest.mark.slow
 def test_several_steps_per_batch_train_exactly_as_one(digits):
     """1,222 training images in steps of 64: 20 steps, in batches of 7, 7 and 6 steps with 7 per call;
     the 228 validation images in 4 pieces of one batch. Same samples, same steps, same numbers."""
@@ -164,6 +167,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu(digits):
     assert metrics["best_val_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_compiled_network_trains_to_the_eager_numbers(digits):
     params = digits.override({"train.max_epochs": 2, "model.dropout": 0.0, **MONITORS_OFF})
     eager, _ = fitted(params)
@@ -174,8 +178,20 @@ def test_compiled_network_trains_to_the_eager_numbers(digits):
 # --- cores -----------------------------------------------------------------------------------
 
 
+def physical_cores_of_this_process() -> int:
+    """One thread per physical core this process may run on (what `litpipe bench`, a child, inherits), read
+    from the kernel's CPU topology; no more than OMP_NUM_THREADS when that is set."""
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        cores.add(tuple((topology / name).read_text().strip() for name in ("physical_package_id", "core_id")))
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(len(cores), int(limit)) if limit.isdigit() else len(cores)
+
+
 def test_cpu_shares_are_disjoint_and_fall_back_to_one_core_each():
-    cpus = resources.available_cpus()
+    cpus = sorted(os.sched_getaffinity(0))
+    assert resources.available_cpus() == cpus
     shares = resources.cpu_shares(len(cpus))
     assert sorted(cpu for share in shares for cpu in share) == cpus
     if len(cpus) >= 2:
@@ -198,6 +214,7 @@ def test_a_worker_keeps_to_its_share_of_cores():
 # --- litpipe bench ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_times_both_loops_and_reports_what_ran(digits, tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     result = subprocess.run(
@@ -217,10 +234,11 @@ def test_bench_times_both_loops_and_reports_what_ran(digits, tmp_path):
     assert [len(run) for run in plain + fitted + monitors_off] == [1, 1, 1, 1] and min(min(plain), min(fitted)) > [0]
     assert report["ratio"] == pytest.approx(fitted[0][0] / plain[0][0], rel=2e-3)
     assert report["ratio_monitors_off"] == pytest.approx(monitors_off[0][0] / plain[1][0], rel=2e-3)
-    assert report["threads"] == resources.threads_for(resources.available_cpus())
+    assert report["threads"] == physical_cores_of_this_process()
     assert not (tmp_path / "models").exists() and not (tmp_path / "tb").exists()  # ran in a scratch directory
 
 
+@pytest.mark.slow
 def test_bench_search_counts_trials_per_minute_for_one_and_n_workers(digits, tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     result = subprocess.run(
@@ -238,6 +256,7 @@ def test_bench_search_counts_trials_per_minute_for_one_and_n_workers(digits, tmp
     assert "litpipe search: 2 trials of 2 epochs with 2 worker(s)" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_refuses_bad_arguments_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     result = subprocess.run(
