@@ -134,8 +134,9 @@ class Launcher:
     a GPU round-robin (under a private CUDA MPS daemon where several share one and `mps` is "auto").
 
     SIGTERM or SIGUSR1 to this process is passed on to every running part, and no further part starts; so does
-    `stop()`. A part that exits with an error is one line in `failed`, naming it and its log; `signal` is the
-    signal that stopped the parts, if one did. The caller decides what either means for the stage.
+    an error in the block that the launcher runs around. A part that exits with an error is one line in `failed`,
+    naming it and its log; `signal` is the signal that stopped the parts, if one did. The caller decides what
+    either means for the stage.
 
     With `hold_first`, slot 0 belongs to this process's own part (the fit's first seed, whose handlers take the
     signals meanwhile) until `first_done`. The parts write their output where this process does, or to `output`.
@@ -181,11 +182,8 @@ class Launcher:
             self._interrupted(signal.Signals[late_signal], None)
         self._first_done.set()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def __enter__(self) -> "Launcher":
-        sharing = -(-(self.slots) // len(self.gpus)) if self.gpus else 0
+        sharing = -(-self.slots // len(self.gpus)) if self.gpus else 0  # parts per GPU, rounded up
         self._environment = self._exit.enter_context(self.resources.cuda_mps(sharing, self.mps))
         if self._first_done.is_set():
             self._listen()
