@@ -1,6 +1,7 @@
 """Fixtures: the default pipeline run once by `dvc repro`, a prepared digits directory, the default params.
 Hooks: the slow tier, skips that fail under LITPIPE_REQUIRE_TOOLS=1, signal handlers restored after each test."""
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .helpers import FAST, REQUIRE_TOOLS, ROOT, copy_repo, require_tool, run
+from .helpers import FAST, IMPORT_RECORDER, REQUIRE_TOOLS, ROOT, copy_repo, import_records, require_tool, run
 
 # The signals a fit (litpipe.preemption, Lightning, the fan-out launcher) installs handlers for.
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -57,8 +58,11 @@ def pipeline(tmp_path_factory) -> tuple[Path, str, float]:
     of it (helpers.copy_workspace)."""
     require_tool("dvc")
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    records = import_records(repo)  # what each stage's processes imported (tests/test_dag.py)
+    records.mkdir()
+    recording = {"PYTHONPATH": os.pathsep.join(filter(None, [str(IMPORT_RECORDER), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
-    result = run(["dvc", "repro"], repo)
+    result = run(["dvc", "repro"], repo, env={**recording, "LITPIPE_IMPORT_RECORDS": str(records)})
     return repo, result.stdout, time.perf_counter() - started
 
 

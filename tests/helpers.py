@@ -49,8 +49,13 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+def run(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a tool in `cwd` (with `env` added to the tools' environment); its output, or an error with it."""
+    result = subprocess.run(
+        args, cwd=cwd, env={**tool_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -81,6 +86,14 @@ def copy_repo(destination: Path) -> Path:
     run(["git", "add", "-A"], destination)
     run(["git", "commit", "-q", "-m", "copy of litpipe for a test"], destination)
     return destination
+
+
+IMPORT_RECORDER = Path(__file__).parent / "import_recorder"  # a sitecustomize.py: see its docstring
+
+
+def import_records(repo: Path) -> Path:
+    """Where the pipeline fixture's processes record the litpipe modules they loaded: beside the workspace."""
+    return repo.with_name(f"{repo.name}.imports")
 
 
 def copy_workspace(finished: Path, destination: Path) -> Path:

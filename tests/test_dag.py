@@ -5,8 +5,6 @@ The import closure is checked on small packages written here (each import form, 
 must not reach), and on this repository against what each stage's code really imports when it runs."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import yaml
 
 from litpipe.imports import closure
 
-from .helpers import ROOT, copy_repo, run
+from .helpers import ROOT, copy_repo, import_records, run
 
 
 def write_package(root: Path, files: dict[str, str]) -> None:
@@ -45,7 +43,10 @@ PACKAGE = {
 
 def test_the_closure_follows_every_import_form_and_nothing_else(tmp_path):
     write_package(tmp_path, PACKAGE)
-    found = {path.relative_to(tmp_path / "src").as_posix() for path in closure([tmp_path / "src/litpipe/top.py"], tmp_path / "src")}
+    found = {
+        path.relative_to(tmp_path / "src").as_posix()
+        for path in closure([tmp_path / "src/litpipe/top.py"], tmp_path / "src")
+    }
     assert found == {
         "litpipe/__init__.py",
         "litpipe/top.py",  # the root itself
@@ -62,6 +63,17 @@ def test_the_closure_follows_every_import_form_and_nothing_else(tmp_path):
     }
 
 
+def test_a_root_in_the_package_brings_the_packages_it_is_in(tmp_path):
+    """The CLI imports a stage's module by a name made at run time: a root, whose import runs its package's
+    __init__.py as well."""
+    write_package(tmp_path, PACKAGE)
+    found = {
+        path.relative_to(tmp_path / "src").as_posix()
+        for path in closure([tmp_path / "src/litpipe/deep/sibling.py"], tmp_path / "src")
+    }
+    assert found == {"litpipe/__init__.py", "litpipe/deep/__init__.py", "litpipe/deep/sibling.py"}
+
+
 def test_the_closure_of_a_notebook_is_that_of_its_code_cells(tmp_path):
     write_package(tmp_path, PACKAGE)
     notebook = tmp_path / "report.ipynb"
@@ -71,7 +83,12 @@ def test_the_closure_of_a_notebook_is_that_of_its_code_cells(tmp_path):
     ]
     notebook.write_text(json.dumps({"cells": cells}))
     found = {path.relative_to(tmp_path / "src").as_posix() for path in closure([notebook], tmp_path / "src")}
-    assert found == {"litpipe/__init__.py", "litpipe/deep/__init__.py", "litpipe/deep/inner.py", "litpipe/deep/sibling.py"}
+    assert found == {
+        "litpipe/__init__.py",
+        "litpipe/deep/__init__.py",
+        "litpipe/deep/inner.py",
+        "litpipe/deep/sibling.py",
+    }
 
 
 def test_dvc_yaml_lists_exactly_what_each_stage_imports():
@@ -82,7 +99,9 @@ def test_dvc_yaml_lists_exactly_what_each_stage_imports():
 def code_deps_in(repo: Path) -> dict[str, set[str]]:
     """Each stage's src/litpipe deps, read from dvc.yaml as YAML."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    return {name: {dep for dep in spec.get("deps", []) if dep.startswith("src/litpipe/")} for name, spec in stages.items()}
+    return {
+        name: {dep for dep in spec.get("deps", []) if dep.startswith("src/litpipe/")} for name, spec in stages.items()
+    }
 
 
 def test_a_new_import_is_drift_until_written_and_writing_keeps_everything_else(tmp_path):
@@ -114,7 +133,8 @@ def test_a_dep_written_by_hand_is_drift_both_ways(tmp_path):
     # One stage loses a file it imports, another gains one it does not import.
     pipeline = pipeline.replace("      - src/litpipe/spread.py\n", "", 1)
     pipeline = pipeline.replace(
-        "      - src/litpipe/stages/prepare.py\n", "      - src/litpipe/stages/prepare.py\n      - src/litpipe/bench.py\n"
+        "      - src/litpipe/stages/prepare.py\n",
+        "      - src/litpipe/stages/prepare.py\n      - src/litpipe/bench.py\n",
     )
     (repo / "dvc.yaml").write_text(pipeline)
     checked = run(["litpipe", "dag", "--check"], repo, check=False)
@@ -135,30 +155,24 @@ def test_the_notebook_and_the_data_loaders_are_where_they_run():
     assert not {stage for stage, files in deps.items() if files & {"src/litpipe/bench.py", "src/litpipe/codedeps.py"}}
 
 
-RUNTIME_IMPORTS = """
-import atexit, json, sys
-def dump():
-    files = sorted({m.__file__ for name, m in list(sys.modules.items())
-                    if name.split('.')[0] == 'litpipe' and getattr(m, '__file__', None)})
-    json.dump(files, open(sys.argv[1], 'w'))
-atexit.register(dump)
-sys.argv = ['litpipe', *sys.argv[2:]]
-from litpipe.cli import main
-sys.exit(main())
-"""
+def stage_of(argv: list[str]) -> str | None:
+    """The stage a recorded process ran: `litpipe <stage> ...` or `python -m litpipe.cli <stage> ...` (search
+    workers, further seeds), or the report's notebook kernel; None for anything else."""
+    if argv[0].endswith(("/litpipe", "/litpipe/cli.py")):
+        return argv[1]
+    return "report" if "ipykernel_launcher" in argv[0] else None
 
 
 @pytest.mark.slow
-def test_what_each_stage_imports_when_it_runs_is_among_its_deps(pipeline, tmp_path):
-    """The safety net under the static closure: each stage run for real (a copy of the finished default
-    pipeline), with every litpipe module it loaded recorded as it exits; all are in its deps."""
-    from .helpers import FAST, copy_workspace, edit_params
-
-    repo = copy_workspace(pipeline[0], tmp_path / "repo")
-    edit_params(repo, FAST)  # the same code, less training
-    declared = code_deps_in(repo)
-    for stage in declared:
-        record = tmp_path / f"{stage}.json"
-        run([sys.executable, "-c", RUNTIME_IMPORTS, str(record), stage], repo)
-        loaded = {Path(file).relative_to(ROOT).as_posix() for file in json.loads(record.read_text())}
-        assert loaded and loaded <= declared[stage], (stage, sorted(loaded - declared[stage]))
+def test_what_each_stage_imports_when_it_runs_is_among_its_deps(pipeline):
+    """The safety net under the static closure: every litpipe module that each process of the default
+    pipeline loaded (recorded as it exited, tests/import_recorder) is among its stage's deps."""
+    declared, loaded = code_deps_in(pipeline[0]), {}
+    for record in map(json.loads, (path.read_text() for path in import_records(pipeline[0]).glob("*.json"))):
+        stage = stage_of(record["argv"])
+        if stage is not None:
+            files = {Path(file).relative_to(ROOT).as_posix() for file in record["files"]}
+            loaded[stage] = loaded.get(stage, set()) | files
+    assert set(loaded) == set(declared), "a stage's processes were not recorded"
+    for stage, files in loaded.items():
+        assert files <= declared[stage], (stage, sorted(files - declared[stage]))

@@ -22,8 +22,11 @@ def closure(roots: Iterable[Path], source: Path = SOURCE) -> list[Path]:
     """The package files (under `source`) that the code in `roots` imports, directly or through each other,
     with the roots that are package files themselves; sorted."""
     roots = [Path(root) for root in roots]
-    found = {root for root in roots if root.is_relative_to(source / PACKAGE)}
-    pending = list(roots)
+    # A root in the package is imported too (by a name made at run time): with its packages' __init__.py.
+    found = {
+        file for root in roots if (name := _module_name(root, source)) for file in _files_run_by_import(name, source)
+    }
+    pending = [*roots, *found]
     while pending:
         path = pending.pop()
         for module in imported_modules(path, source):
