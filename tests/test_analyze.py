@@ -49,9 +49,7 @@ def assert_tables_match_scikit_learn(logits: torch.Tensor, labels: torch.Tensor,
 
     (predicted, confidence), truth, everyone = predictions(logits), labels.numpy(), list(range(num_classes))
     np.testing.assert_array_equal(confusion.to_numpy(), confusion_matrix(truth, predicted, labels=everyone))
-    precision, recall, _, support = precision_recall_fscore_support(
-        truth, predicted, labels=everyone, zero_division=0
-    )
+    precision, recall, _, support = precision_recall_fscore_support(truth, predicted, labels=everyone, zero_division=0)
     np.testing.assert_allclose(per_class["precision"], precision, rtol=1e-12)
     np.testing.assert_allclose(per_class["recall"], recall, rtol=1e-12)
     np.testing.assert_array_equal(per_class["support"], support)

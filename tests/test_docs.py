@@ -37,8 +37,19 @@ UNCHECKED = {
     ".": "activates the environment `make install` creates",
     "python": "imports Lightning (9 s) to time its imports",
 }
-CHECKED = {"litpipe", "dvc", "snakemake", "make", "tensorboard", "optuna-dashboard", "wandb", "pytest", "git",
-           "bash", "pip"}
+CHECKED = {
+    "litpipe",
+    "dvc",
+    "snakemake",
+    "make",
+    "tensorboard",
+    "optuna-dashboard",
+    "wandb",
+    "pytest",
+    "git",
+    "bash",
+    "pip",
+}
 PROGRAMS = CHECKED | set(UNCHECKED)
 SERVERS = ("tensorboard", "optuna-dashboard")
 
@@ -144,7 +155,9 @@ COMMANDS = all_commands()
 def commands_of(program: str) -> list:
     """The program's commands as test parameters."""
     return [
-        pytest.param(command, id=f"{command.text} ({command.where})") for command in COMMANDS if command.argv[0] == program
+        pytest.param(command, id=f"{command.text} ({command.where})")
+        for command in COMMANDS
+        if command.argv[0] == program
     ]
 
 
@@ -375,7 +388,7 @@ def test_tool_takes_the_options_written(command):
     sub = [word for word in command.argv[1:2] if command.argv[0] == "wandb"]
     result = subprocess.run([program, *sub, "--help"], env=tool_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    options = options_in(command.argv[1 + len(sub):])
+    options = options_in(command.argv[1 + len(sub) :])
     assert_options_in_help(command, options, result.stdout + result.stderr)
 
 

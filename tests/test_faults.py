@@ -319,9 +319,11 @@ def hold(fit: subprocess.Popen, workspace: Path, progress: str | None) -> None:
     """Stop the fit (SIGSTOP) once `progress` is in its log, or with None as soon as it has opened its log,
     seconds before it has imported the training code. Held, it cannot move on before it is signalled."""
     wait_until(
-        lambda: fit.poll() is not None
-        or writes_its_log(fit, workspace)
-        and (progress is None or progress in fit_log(workspace)),
+        lambda: (
+            fit.poll() is not None
+            or writes_its_log(fit, workspace)
+            and (progress is None or progress in fit_log(workspace))
+        ),
         120,
         f"'{progress}' in the fit's log" if progress else "the fit's log",
     )

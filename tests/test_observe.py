@@ -210,7 +210,8 @@ def test_logs_mirror_what_tensorboard_gets(pipeline):
     assert "\r" not in log  # plain lines, no progress-bar carriage returns in batch logs
     # The search's workers each log to logs/search-workerN.log; the stage's log says it started them.
     workers = yaml.safe_load((repo / "params.yaml").read_text())["search"]["n_workers"]
-    assert f"started {workers} workers" in (repo / "logs/search.log").read_text()
+    stage_log = (repo / "logs/search.log").read_text()
+    assert all(f"search worker {i} started (pid " in stage_log for i in range(workers))
     worker_logs = "".join((repo / f"logs/search-worker{i}.log").read_text() for i in range(workers))
     assert "trial 0 epoch 1/30" in worker_logs
 

@@ -190,7 +190,7 @@ def test_dvc_queue_sweeps_the_learning_rate_with_search_disabled(tmp_path):
     edit_params(repo, {**FAST, "search.enabled": False})
     run(["git", "commit", "-q", "-am", "fast settings, no search"], repo)
     run(["dvc", "exp", "run", "--queue", "-S", "optim.lr=0.001,0.01"], repo)
-    run(["dvc", "queue", "start"], repo)
+    run(["dvc", "queue", "start", "--jobs", "2"], repo)  # both at once, a core each
     deadline = time.monotonic() + 600
     while "Queued" in (status := run(["dvc", "queue", "status"], repo).stdout) or "Running" in status:
         assert time.monotonic() < deadline, status
@@ -239,4 +239,3 @@ def test_record_names_the_experiment_as_told(pipeline, tmp_path):
     tested = json.loads((repo / "results/test/metrics.json").read_text())
     assert float(row["accuracy"]) == pytest.approx(tested["accuracy"])
     assert [float(row["optim.lr"])] * 2 == learning_rates(repo)
-

@@ -205,7 +205,9 @@ def test_a_replicate_that_dies_fails_the_stage_in_one_line_naming_its_seed_and_l
     edit_params(workspace, {"replicates.seeds": [0, 1]})
     fitting = start(["fit"], workspace, "fit.out")
     started = wait_until(
-        lambda: re.search(r"the fit of seed 1 started \(pid (\d+)", read(workspace / "fit.out")), 120, "seed 1's process"
+        lambda: re.search(r"the fit of seed 1 started \(pid (\d+)", read(workspace / "fit.out")),
+        120,
+        "seed 1's process",
     )
     wait_until(lambda: "epoch 2/" in read(workspace / runs(SEEDS)[1].log), 120, "an epoch of seed 1")
     os.kill(int(started[1]), signal.SIGKILL)
@@ -285,4 +287,3 @@ def test_tied_scores_among_others_have_students_interval(values):
     result = spread(values)
     assert result == pytest.approx(expected_spread(values), rel=1e-12)
     assert result["std"] > 0 and result["ci95_low"] < result["mean"] < result["ci95_high"]
-

@@ -255,9 +255,7 @@ def test_hyperband_runs_and_prunes(workspace):
 
 def studies() -> dict[str, list[optuna.trial.FrozenTrial]]:
     """Every study in the journal, read with Optuna's own storage classes: its trials, by study name."""
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend("results/search/study.journal")
-    )
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend("results/search/study.journal"))
     return {
         summary.study_name: optuna.load_study(study_name=summary.study_name, storage=storage).trials
         for summary in optuna.get_all_study_summaries(storage)

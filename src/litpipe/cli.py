@@ -43,9 +43,15 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a param for this run, as `dvc exp run -S` does (e.g. -S train.batch_size=256)",
     )
-    parser.add_argument("--epochs", type=int, default=5, metavar="E", help="epochs per run or trial (default: %(default)s)")
     parser.add_argument(
-        "--repeats", type=int, default=1, metavar="R", help="runs of each variant (or worker count), in turn (default: %(default)s)"
+        "--epochs", type=int, default=5, metavar="E", help="epochs per run or trial (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="R",
+        help="runs of each variant (or worker count), in turn (default: %(default)s)",
     )
     parser.add_argument("--search", type=int, metavar="N", help="search throughput with 1 and N workers instead")
     parser.add_argument("--points", type=int, metavar="P", help="grid points of the search (default: 2 N)")

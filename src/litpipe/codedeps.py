@@ -22,7 +22,6 @@ CLI = PACKAGE_DIR / "cli.py"  # what `litpipe <stage>` runs first
 STAGE_MODULES = PACKAGE_DIR / "stages"  # `litpipe <stage>` then runs stages/<stage>.py
 
 
-
 def code_roots(stage: Stage, stages: dict[str, Stage], root: Path = Path()) -> list[Path]:
     """Where the stage's code starts: for `litpipe <name>`, the CLI and the stage's module; and any code among
     its other dependencies that no stage makes (the report's notebook), whose imports run too."""

@@ -141,4 +141,3 @@ def written_by_pipeline(root: Path = Path()) -> Callable[[str], bool]:
 
 def makes(stage: Stage, path: str) -> bool:
     return any(path == out or path.startswith(out.rstrip("/") + "/") for out in stage.outs + stage.persistent)
-

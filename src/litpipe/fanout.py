@@ -43,7 +43,9 @@ class Part:
 
     stage: str
     task: str  # its name in logs/ ("search-worker0", "fit-seed-1"); the stage's own name when it completes it
-    options: tuple[tuple[str, int | str], ...] = ()  # the stage's run(params, **options); --key value on the command line
+    options: tuple[
+        tuple[str, int | str], ...
+    ] = ()  # the stage's run(params, **options); --key value on the command line
     title: str = ""  # how messages name it: "search worker 0", "the fit of seed 1"
     marker: Path | None = None  # the empty file its cluster job leaves (Snakemake's output for it)
 
@@ -80,7 +82,9 @@ def search_setup() -> Part:
 
 def search_worker(index: int) -> Part:
     options = (("part", "worker"), ("worker", index))
-    return Part("search", f"search-worker{index}", options, f"search worker {index}", SEARCH_JOBS / f"worker{index}.done")
+    return Part(
+        "search", f"search-worker{index}", options, f"search worker {index}", SEARCH_JOBS / f"worker{index}.done"
+    )
 
 
 def search_collect() -> Part:

@@ -42,7 +42,9 @@ def load(params: DataParams) -> Source:
     val_x, val_y = draw(originals[val_idx], labels[val_idx], val_images, generator)
     test_x, test_y = draw(originals[test_idx], labels[test_idx], TEST_IMAGES, generator)
     names = [str(name) for name in digits.target_names]
-    return Source(train_x, train_y, names, 255, test_images=test_x, test_labels=test_y, val_images=val_x, val_labels=val_y)
+    return Source(
+        train_x, train_y, names, 255, test_images=test_x, test_labels=test_y, val_images=val_x, val_labels=val_y
+    )
 
 
 def draw(

@@ -63,7 +63,9 @@ def run(params: Params, seed: int | None = None) -> None:
         late_signal = train(params, seeds[0], label=f"seed {seeds[0]}: ", cpus=launcher.first_share)
         launcher.first_done(late_signal)
     if launcher.signal:
-        raise StageError(f"fit stopped by {launcher.signal}: {'; '.join(launcher.failed)}; run the stage again to resume")
+        raise StageError(
+            f"fit stopped by {launcher.signal}: {'; '.join(launcher.failed)}; run the stage again to resume"
+        )
     if launcher.failed:
         raise StageError(f"{'; '.join(launcher.failed)}; the fits that finished are kept, run the stage again")
 
@@ -95,7 +97,9 @@ def train(params: Params, seed: int, label: str = "", cpus: list[int] | None = N
         raise StageError(f"fit preempted by {stop}; {again}") from None
     if not session.trainer.is_global_zero:
         return None  # under DDP the first process writes the results
-    log.info("%strained %d epochs; testing its checkpoint and writing its results", label, session.trainer.current_epoch)
+    log.info(
+        "%strained %d epochs; testing its checkpoint and writing its results", label, session.trainer.current_epoch
+    )
     discard(run_paths)
     return write_results(params, session, data, run_paths, {"searched_params": searched, **provenance}, label)
 
