@@ -83,11 +83,33 @@ def test_report_setting_reruns_only_the_report(pipeline, tmp_path):
     assert "Another title" in (repo / "reports/report.html").read_text()
 
 
-def test_dvc_exp_run_compares_a_learning_rate(pipeline, tmp_path):
-    repo = copy_workspace(pipeline[0], tmp_path / "repo")
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "optim.lr=0.01"], repo)
+EXPERIMENTS = {"lr-high": "optim.lr=0.01", "three-seeds": "replicates.seeds=[0,1,2]"}
+
+
+@pytest.fixture(scope="module")
+def experiments(pipeline, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """Each of EXPERIMENTS run by `dvc exp run -n NAME -S CHANGE` in a copy of the finished default pipeline
+    (its results committed as the baseline), the two at once (a core each): name -> (workspace, dvc's output)."""
+    started = {}
+    for name, change in EXPERIMENTS.items():
+        repo = copy_workspace(pipeline[0], tmp_path_factory.mktemp(name) / "repo")
+        run(["git", "add", "-A"], repo)
+        run(["git", "commit", "-q", "-m", "baseline results"], repo)
+        # Output to files: a pipe nobody reads while the other experiment runs would fill up and block it.
+        with (repo.parent / "out").open("w") as out, (repo.parent / "err").open("w") as err:
+            command = ["dvc", "exp", "run", "-n", name, "-S", change]
+            started[name] = repo, subprocess.Popen(command, cwd=repo, env=tool_env(), stdout=out, stderr=err)
+    finished = {}
+    for name, (repo, process) in started.items():
+        code = process.wait(timeout=900)
+        stdout, stderr = ((repo.parent / stream).read_text() for stream in ("out", "err"))
+        assert code == 0, f"dvc exp run {name}: {stdout[-3000:]}\n{stderr[-3000:]}"
+        finished[name] = (repo, stdout)
+    return finished
+
+
+def test_dvc_exp_run_compares_a_learning_rate(pipeline, experiments):
+    repo, _ = experiments["lr-high"]
     table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
     # The experiment's own report names it; a report made once experiments exist compares them.
     summary_names_it = "<td>lr-high</td>" in (repo / "reports/report.html").read_text()
@@ -124,7 +146,7 @@ def test_dvc_exp_run_compares_a_learning_rate(pipeline, tmp_path):
     ]
 
 
-def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, tmp_path):
+def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, experiments):
     """The default pipeline's one seed reports no interval; `dvc exp run -S 'replicates.seeds=[0,1,2]'` re-runs
     the fit and what follows, and `dvc exp show` and the report give the spread over the three seeds."""
     single = json.loads((pipeline[0] / "results/test/metrics.json").read_text())
@@ -132,10 +154,7 @@ def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, tmp_path):
     one_seed = (pipeline[0] / "reports/report.html").read_text().split(">Seed replicates")[1].split("<h2")[0]
     assert "One seed (0)" in one_seed and "confidence interval to report" in one_seed and "<img" not in one_seed
 
-    repo = copy_workspace(pipeline[0], tmp_path / "repo")
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    log = run(["dvc", "exp", "run", "-n", "three-seeds", "-S", "replicates.seeds=[0,1,2]"], repo).stdout
+    repo, log = experiments["three-seeds"]
     assert [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")] == STAGES[4:]
     table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
     experiment = next(row for row in table if row["Experiment"] == "three-seeds")

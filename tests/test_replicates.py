@@ -26,7 +26,7 @@ from litpipe.stages import fit
 
 from .helpers import copy_workspace, edit_params, expected_spread, ready_to_fit, tool_env, wait_until
 
-EPOCHS = 30
+EPOCHS = 12
 CHANGES = {
     "train.max_epochs": EPOCHS,
     "train.batch_size": 8,  # 135 steps an epoch: a fit lasts a few seconds

@@ -26,13 +26,15 @@ GRID_12 = {"model.width": [8, 16, 32], "model.dropout": [0.0, 0.1], "model.depth
 
 
 def settings(**search: object) -> dict:
-    """Small trials: the point is how trials are scheduled, not how good they are."""
+    """Small trials: the point is how trials are scheduled, not how good they are. One worker (in the search's
+    own process, trials in order) unless a test is about parallel workers and says how many."""
     return {
         "train.early_stopping_patience": 50,
         "observe.histograms": False,
         "observe.device_stats": False,
         "search.pruner": "none",
         "search.max_epochs": 2,
+        "search.n_workers": 1,
         **{f"search.{k}": v for k, v in search.items()},
     }
 
@@ -235,7 +237,7 @@ def test_pruning_shows_in_the_trials_table(workspace, pruner):
 
 @pytest.mark.slow
 def test_hyperband_runs_and_prunes(workspace):
-    """search.pruner: hyperband (successive halving in brackets that start at different epochs), one worker
+    """search.pruner: hyperband (successive halving in brackets that start at different epochs), on one worker,
     so that the trials run in order: the narrow nets that follow the widest fall behind and are pruned."""
     workspace(
         settings(
@@ -243,7 +245,6 @@ def test_hyperband_runs_and_prunes(workspace):
             pruner="hyperband",
             pruner_warmup_epochs=1,
             max_epochs=15,
-            n_workers=1,
         )
     )
     litpipe("search")
@@ -265,18 +266,18 @@ def studies() -> dict[str, list[optuna.trial.FrozenTrial]]:
 @pytest.mark.slow
 def test_raising_n_trials_continues_the_study_and_a_changed_setting_starts_another(workspace):
     space = {"model.width": {"low": 8, "high": 64, "step": 8}, "model.dropout": {"low": 0.0, "high": 0.5}}
-    workspace(settings(sampler="random", n_trials=2, n_workers=1, max_epochs=1, space=space))
+    workspace(settings(sampler="random", n_trials=2, max_epochs=1, space=space))
     litpipe("search")
     ((name, first),) = studies().items()
     assert len(first) == 2
 
-    workspace(settings(sampler="random", n_trials=3, n_workers=1, max_epochs=1, space=space))
+    workspace(settings(sampler="random", n_trials=3, max_epochs=1, space=space))
     litpipe("search")
     ((same_name, continued),) = studies().items()  # the same study, the earlier trials kept as they were
     assert same_name == name and len(continued) == 3 and continued[:2] == first
     assert [int(row["number"]) for row in trials()] == [0, 1, 2]
 
-    workspace(settings(sampler="random", n_trials=3, n_workers=1, max_epochs=2, space=space))  # other epochs
+    workspace(settings(sampler="random", n_trials=3, max_epochs=2, space=space))  # other epochs
     litpipe("search")
     found = studies()
     assert len(found) == 2 and found[name] == continued  # a new study beside the old one, which is untouched
