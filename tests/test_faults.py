@@ -159,6 +159,16 @@ def test_invalid_bench_overrides_exit_2(prepared):
         assert_one_line_failure(litpipe(["bench", "-S", override], prepared), 2, message)
 
 
+@pytest.mark.parametrize(("command", "tool"), [(["experiments"], "dvc"), (["record"], "snakemake")])
+def test_a_tool_missing_from_path_is_one_line(tmp_path, command, tool):
+    """`litpipe experiments` and `record` drive dvc, git and snakemake; without them on PATH (an environment not
+    activated), one line naming the tool, not a traceback."""
+    litpipe_itself = shutil.which("litpipe", path=tool_env()["PATH"])
+    env = {**tool_env(), "PATH": "/usr/bin:/bin"}  # the system's, where make install puts nothing
+    result = subprocess.run([litpipe_itself, *command], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert_one_line_failure(result, 1, f"{tool} is not on PATH")
+
+
 # --- stages out of order, missing data or devices: one line naming the file and the stage ---------------
 
 

@@ -26,7 +26,8 @@ SHOW = [
     "--drop",
     # Over seed replicates the accuracy's mean and std are kept; its interval, the loss's spread and the seed
     # count (replicates.seeds shows the seeds) are in `dvc exp show` and the report.
-    rf"^Created$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_acc|best_val_loss|epochs|samples|seeds)$"
+    # State and Executor: the queue's bookkeeping (which worker ran an experiment), not a result.
+    rf"^(Created|State|Executor)$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_acc|best_val_loss|epochs|samples|seeds)$"
     r"|^(accuracy|loss)_ci95_(low|high)$|^loss_(mean|std)$",
     "--keep",
     # Experiment names (--only-changed drops the column where no row has one), and results/test/metrics.json,
@@ -52,7 +53,11 @@ def record_command(args: argparse.Namespace) -> int:
 
 def show(options: list[str]) -> int:
     """Run `dvc exp show` with SHOW and the user's own options (`--csv`, `-A`, `--sort-by accuracy`, ...)."""
-    return subprocess.run(["dvc", *SHOW, "--no-pager", *options], check=False).returncode
+    try:
+        return _run(["dvc", *SHOW, "--no-pager", *options]).returncode
+    except StageError as error:
+        print(f"litpipe: experiments: {error}", file=sys.stderr)
+        return 1
 
 
 def record(name: str | None, force: bool) -> str:
@@ -73,7 +78,7 @@ def name_from_params() -> str:
     """`slurm-` and the params that differ from the last commit's params.yaml (`slurm-optim.lr-0.005`), or a
     hash of the params when none does or there are too many for a name."""
     text = paths.PARAMS.read_text()
-    shown = subprocess.run(["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=False)
+    shown = _run(["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True)
     committed = _flat(read_yaml(shown.stdout)) if shown.returncode == 0 else {}
     changed = [f"{key}-{value}" for key, value in _flat(read_yaml(text)).items() if committed.get(key) != value]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(changed))  # what a git ref name may hold
@@ -94,14 +99,21 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _snakemake_pending() -> str:
     """What `snakemake --dry-run` would still run ("" when nothing): the run to record must be complete."""
-    dry = subprocess.run(["snakemake", "--dry-run", "--quiet", "rules"], capture_output=True, text=True, check=False)
+    dry = _run(["snakemake", "--dry-run", "--quiet", "rules"], capture_output=True, text=True)
     if dry.returncode != 0:
         return (dry.stderr.strip().splitlines() or ["snakemake --dry-run failed"])[-1]
     return "" if "Nothing to be done" in dry.stdout + dry.stderr else "snakemake --dry-run lists jobs to run"
 
 
 def _dvc(args: list[str]) -> None:
-    done = subprocess.run(["dvc", *args], capture_output=True, text=True, check=False)
+    done = _run(["dvc", *args], capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
         raise StageError(f"dvc {' '.join(args[:2])}: {lines[-1] if lines else f'exit {done.returncode}'}")
+
+
+def _run(command: list[str], **options: Any) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, check=False, **options)
+    except FileNotFoundError:
+        raise StageError(f"{command[0]} is not on PATH (make install puts it in .venv/bin: activate that)") from None
