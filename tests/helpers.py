@@ -123,7 +123,7 @@ FAST = {
     "sanity.overfit_epochs": 60,
     "lr_find.num_training": 20,
     "search.max_epochs": 3,
-    "search.space": {"model.width": [32, 64]},
+    "search.space": {"model.kwargs.width": [32, 64]},
 }
 
 

@@ -60,7 +60,7 @@ def test_the_analysis_of_a_trained_model_matches_scikit_learn(digits):
     """A two-epoch model of 16 units, analysed by the stage; its files checked against the checkpoint
     evaluated here."""
     write_json(paths.SEARCH_BEST, {"params": {}})
-    params = digits.override({"train.max_epochs": 2, "model.width": 16, "train.accelerator": "cpu"})
+    params = digits.override({"train.max_epochs": 2, "model.kwargs.width": 16, "train.accelerator": "cpu"})
     fit.run(params)
     analyze.run(params)
 

@@ -40,7 +40,11 @@ def test_repository_params_are_valid():
         ("optim", "lr", "fast", "optim.lr: input should be a valid number"),
         ("train", "batch_size", 0, "train.batch_size: input should be greater than or equal to 1"),
         ("train", "batch_size", 3.5, "train.batch_size: input should be a valid integer"),
-        ("model", "arch", "resnet", "model.arch: input should be 'mlp' or 'cnn'"),
+        ("model", "arch", "", "model.arch: a network's name, or package.module:Class or path/to/file.py:Class"),
+        ("model", "arch", "nets.py:", "model.arch: a network's name, or package.module:Class"),
+        ("model", "arch", 7, "model.arch: input should be a valid string (got 7)"),
+        ("model", "kwargs", [256, 2], "model.kwargs: input should be a valid dictionary"),
+        ("model", "stem", "tiny", "model.stem: input should be 'auto', 'small' or 'standard'"),
         (
             "data",
             "dataset",
@@ -130,7 +134,7 @@ def test_override_validates_like_the_file(default_params):
 
 
 def test_grid_is_every_combination_once():
-    grid = search_space.grid(search_space.parse({"model.width": [8, 16, 32], "model.dropout": [0.0, 0.5]}))
+    grid = search_space.grid(search_space.parse({"model.kwargs.width": [8, 16, 32], "model.kwargs.dropout": [0.0, 0.5]}))
     assert len(grid) == 6
     assert len({tuple(sorted(point.items())) for point in grid}) == 6
 
@@ -187,7 +191,7 @@ def test_a_search_key_that_trials_ignore_is_refused_in_one_line(tmp_path, defaul
     """A trial trains search.max_epochs epochs, on one device, without weight averaging, on the data its worker
     loaded once: searching a key it ignores would run identical trials. Refused before any work, exit 2."""
     params = copy.deepcopy(default_params)
-    params["search"]["space"] = {"model.width": [16, 32], key: values}
+    params["search"]["space"] = {"model.kwargs.width": [16, 32], key: values}
     write(tmp_path, params)
     result = subprocess.run(["litpipe", "search"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

@@ -81,26 +81,26 @@ def assert_unchanged(workspace: Path, before: dict[str, bytes | None], failed_lo
 BAD_PARAMS = {
     "bool as a number": ("  lr: 0.002", "  lr: true", "optim.lr: input should be a valid number (got True)"),
     "string as an integer": ("  batch_size: 64", "  batch_size: '64'", "train.batch_size: input should be a valid integer"),
-    "float as an integer": ("  width: 256", "  width: 1e3", "model.width: input should be a valid integer (got 1000.0)"),
+    "float as an integer": ("  batch_size: 64", "  batch_size: 1e3", "train.batch_size: input should be a valid integer (got 1000.0)"),
     "number as a boolean": ("  compile: false", "  compile: 0", "train.compile: input should be a valid boolean"),
     "yes as a boolean": ("  histograms: true", "  histograms: yes", "observe.histograms: input should be a valid boolean (got 'yes')"),
     "number as a string": ("  title: litpipe report", "  title: 5", "report.title: input should be a valid string"),
     "infinite weight decay": ("  weight_decay: 0.0001", "  weight_decay: .inf", "optim.weight_decay: input should be a finite number"),
     "nan clipping": ("  gradient_clip_val: 1.0", "  gradient_clip_val: .nan", "train.gradient_clip_val: input should be a finite number"),
     "infinite lr range": ("  max_lr: 1.0", "  max_lr: .inf", "lr_find.max_lr: input should be a finite number"),
-    "infinite search value": ("    model.dropout: [0.1, 0.3]", "    model.dropout: [0.1, .inf]", "search.space.model.dropout"),
-    "infinite search range": ("    model.dropout: [0.1, 0.3]", "    model.dropout: {low: 0.1, high: .inf}", "search.space.model.dropout"),
+    "infinite search value": ("    model.kwargs.dropout: [0.1, 0.3]", "    model.kwargs.dropout: [0.1, .inf]", "search.space.model.kwargs.dropout"),
+    "infinite search range": ("    model.kwargs.dropout: [0.1, 0.3]", "    model.kwargs.dropout: {low: 0.1, high: .inf}", "search.space.model.kwargs.dropout"),
     "seed beyond 2**32": ("\nseed: 0\n", "\nseed: 1180591620717411303424\n", "seed: input should be less than or equal to 4294967295"),
     "negative split seed": ("  split_seed: 0", "  split_seed: -1", "data.split_seed: input should be greater than or equal to 0"),
     "count beyond a C int": ("  max_epochs: 60", "  max_epochs: 99999999999", "train.max_epochs: input should be less than or equal to 2147483647"),
     "fraction out of range": ("  val_fraction: 0.15", "  val_fraction: 1.0", "data.val_fraction: input should be less than 1"),
-    "misspelt key": ("  dropout: 0.1\n", "  dropuot: 0.1\n", "model.dropuot: unknown key"),
+    "misspelt key": ("  stem: auto", "  steam: auto", "model.steam: unknown key (did you mean stem?)"),
     "unknown section": ("report:\n", "reprot:\n", "reprot: unknown key"),
-    "misspelt search key": ("    model.width: [128, 512]", "    model.widht: [128, 512]", "search.space: unknown key 'model.widht'"),
-    "misspelt range key": ("    model.dropout: [0.1, 0.3]", "    model.dropout: {low: 0.1, hihg: 0.3}", "unknown key 'hihg'"),
-    "duplicate key": ("  width: 256", "  width: 256\n  width: 512", "model.width is written twice"),
+    "misspelt search key": ("    model.kwargs.width: [128, 512]", "    model.widht: [128, 512]", "search.space: unknown key 'model.widht'"),
+    "misspelt range key": ("    model.kwargs.dropout: [0.1, 0.3]", "    model.kwargs.dropout: {low: 0.1, hihg: 0.3}", "unknown key 'hihg'"),
+    "duplicate key": ("    width: 256", "    width: 256\n    width: 512", "model.kwargs.width is written twice"),
     "duplicate top-level key": ("\nseed: 0\n", "\nseed: 0\nseed: 1\n", "seed is written twice"),
-    "no such option": ("  arch: mlp", "  arch: resnet", "model.arch: input should be 'mlp' or 'cnn'"),
+    "no such option": ("  stem: auto", "  stem: tiny", "model.stem: input should be 'auto', 'small' or 'standard'"),
     "no such sampler": ("  sampler: grid", "  sampler: bayes", "search.sampler: input should be 'grid', 'random' or 'tpe'"),
     "no such dataset": ("  dataset: digits", "  dataset: imagenet", "data.dataset: unknown dataset 'imagenet'"),
     "a seed listed twice": ("  seeds: [0]", "  seeds: [0, 1, 0]", "replicates.seeds: seed 0 is listed twice"),
@@ -143,6 +143,25 @@ def test_invalid_params_exit_2_naming_the_key_and_touch_nothing(prepared, tmp_pa
     text = (ROOT / "params.yaml").read_text()
     assert text.count(line) == 1, f"{line!r} is not one line of params.yaml"
     stage = ["prepare", "sanity", "search", "fit", "report"][len(case) % 5]  # validation comes before any stage
+    result = refused(prepared, tmp_path / "workspace", text.replace(line, replacement), stage)
+    assert_one_line_failure(result, 2, "litpipe: params.yaml: ", message)
+
+
+# model.arch and model.kwargs, checked against the network's constructor by each stage that builds one
+# (params.yaml's network and each one search.space offers), before any work; the other cases in test_zoo.py.
+BAD_NETWORKS = {
+    "misspelt argument": ("    dropout: 0.1", "    dropuot: 0.1", "model.kwargs.dropuot: MLP has no argument 'dropuot' (did you mean dropout?)"),
+    "unknown network": ("  arch: mlp ", "  arch: resnet19 ", "model.arch: unknown network 'resnet19' (did you mean resnet18?)"),
+    "searched network unknown": ("    model.kwargs.width: [128, 512]", "    model.arch: [mlp, resnett18]", "model.arch: unknown network 'resnett18' (did you mean resnet18?)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_NETWORKS, ids=list(BAD_NETWORKS))
+def test_a_network_that_cannot_be_built_is_refused_before_any_work(prepared, tmp_path, case):
+    line, replacement, message = BAD_NETWORKS[case]
+    text = (ROOT / "params.yaml").read_text()
+    assert text.count(line) == 1, f"{line!r} is not one line of params.yaml"
+    stage = {"misspelt argument": "sanity", "unknown network": "fit", "searched network unknown": "search"}[case]
     result = refused(prepared, tmp_path / "workspace", text.replace(line, replacement), stage)
     assert_one_line_failure(result, 2, "litpipe: params.yaml: ", message)
 
@@ -531,7 +550,7 @@ def inject_markup(repo: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     best_path = repo / "results/search/best.json"
     best = json.loads(best_path.read_text())
-    best["params"]["model.width"] = SEARCHED_VALUE
+    best["params"]["model.kwargs.width"] = SEARCHED_VALUE
     best_path.write_text(json.dumps(best))
     trials_path = repo / "results/search/trials.csv"
     with trials_path.open(newline="") as file:
@@ -749,7 +768,7 @@ def test_unreachable_study_database_stops_search_with_one_line(workspace, storag
     search_dir = Path("results/search")
     search_dir.mkdir(parents=True)
     (search_dir / "trials.csv").write_text("number,value,state\n0,0.25,COMPLETE\n")
-    (search_dir / "best.json").write_text('{"params": {"model.width": 64}}')
+    (search_dir / "best.json").write_text('{"params": {"model.kwargs.width": 64}}')
     (search_dir / "history.png").write_bytes(b"an earlier plot")
     before = {path: path.read_bytes() for path in sorted(search_dir.rglob("*"))}
     result = run(["litpipe", "search"], Path.cwd(), check=False, timeout=300)

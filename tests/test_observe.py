@@ -158,7 +158,7 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
 
 def hidden_layers(repo) -> list[str]:
     """The hidden blocks of the fitted model: as many as the depth the search chose."""
-    depth = json.loads((repo / "results/fit/summary.json").read_text())["params"]["model"]["depth"]
+    depth = json.loads((repo / "results/fit/summary.json").read_text())["params"]["model"]["kwargs"]["depth"]
     return [f"hidden{i}" for i in range(1, depth + 1)]
 
 

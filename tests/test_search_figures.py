@@ -27,9 +27,9 @@ SPACE = {
     "train.augment_crop": lambda trial, name: trial.suggest_float(name, 0.5, 1.0),
     "optim.lr": lambda trial, name: trial.suggest_float(name, 1e-4, 0.1, log=True),
     "model.a_rather_long_dropout_name": lambda trial, name: trial.suggest_float(name, 0.0, 0.5),
-    "model.width": lambda trial, name: trial.suggest_categorical(name, [128, 256, 512]),
-    "model.depth": lambda trial, name: trial.suggest_int(name, 1, 3),
-    "params_model.dropout": lambda trial, name: trial.suggest_float(name, 0.2, 1.0, log=True),  # minor ticks named
+    "model.kwargs.width": lambda trial, name: trial.suggest_categorical(name, [128, 256, 512]),
+    "model.kwargs.depth": lambda trial, name: trial.suggest_int(name, 1, 3),
+    "params_model.kwargs.dropout": lambda trial, name: trial.suggest_float(name, 0.2, 1.0, log=True),  # minor ticks named
 }
 FIGURES = {"history", "importances", "parallel_coordinates", "slice"}  # the README's list of the search's plots
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 
 from litpipe import dag, fanout, paths
 
@@ -137,12 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"litpipe: {error}", file=sys.stderr)
         return 2
     part = fanout.chosen(args.command, args, params)
+    # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    started = time.perf_counter()  # the stage's time includes its imports, as a job's does
+    stage = importlib.import_module(f"litpipe.stages.{part.stage}")
+    try:
+        getattr(stage, "check", lambda params: None)(params)  # what else in the params the stage refuses
+    except ConfigError as error:
+        print(f"litpipe: {args.params}: {error}", file=sys.stderr)
+        return 2
     missing = missing_input_or_device(part.stage, params)
     if missing:  # before the log is opened: a stage run out of order, or on a lacking device, changes nothing
         print(f"litpipe: {missing}", file=sys.stderr)
         return 1
-    with stage_session(part) as session:
-        session.stage.run(params, **dict(part.options))
+    with stage_session(part, started) as session:
+        stage.run(params, **dict(part.options))
     return session.code
 
 
@@ -158,21 +166,18 @@ def missing_input_or_device(stage: str, params) -> str | None:
 
 @dataclass
 class Session:
-    stage: ModuleType | None = None  # litpipe.stages.<stage>
     code: int = 1  # the exit status
 
 
 @contextmanager
-def stage_session(part: fanout.Part) -> Iterator[Session]:
-    """Around a stage (or one part of it): its module, its log (a failed run leaves the last good log in place),
-    its CPU share, one line and exit status 1 for a failure it can name, and the timing that the part completing
-    the stage records for the report."""
+def stage_session(part: fanout.Part, started: float) -> Iterator[Session]:
+    """Around a stage (or one part of it), whose module was imported from `started` on: its log (a
+    failed run leaves the last good log in place), its CPU share, one line and exit status 1 for a failure it
+    can name, and the timing that the part completing the stage records for the report."""
     from litpipe import logs, resources  # resources imports torch, as every stage does
-    from litpipe.errors import StageError
+    from litpipe.errors import ConfigError, StageError
     from litpipe.io import write_json
 
-    # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     task, completes = part.task, part.completes
     rank = process_rank()
     if rank:  # a DDP process that Lightning started: a log of its own, and no timing
@@ -183,14 +188,16 @@ def stage_session(part: fanout.Part) -> Iterator[Session]:
     log = logging.getLogger("litpipe")
     try:
         logs.log_to(log_file)
-        started = time.perf_counter()
-        session.stage = importlib.import_module(f"litpipe.stages.{part.stage}")
         resources.use_cpu_share()
         logs.adopt_library_loggers()  # after the stage's imports: importing lightning adds a console handler
         try:
             yield session
         except StageError as error:
             log.error("%s failed: %s", task, " ".join(str(error).split()))  # one line, whatever a library said
+            return
+        except ConfigError as error:  # found once the data is known (a network's output for its input shape)
+            log.error("%s failed: %s", task, " ".join(str(error).split()))
+            session.code = 2
             return
         except FileNotFoundError as error:  # an input read outside a repository, where dvc.yaml cannot name it
             log.error("%s failed: %s: not found", task, error.filename)

@@ -48,10 +48,27 @@ class DataParams(Section):
 
 
 class ModelParams(Section):
-    arch: Literal["mlp", "cnn"]
-    width: PositiveInt
-    depth: PositiveInt
-    dropout: Annotated[float, Field(ge=0, lt=1)]
+    arch: str  # litpipe's, torchvision's or your own network (models/zoo.py); checked when a stage starts
+    kwargs: dict[str, Any]  # its constructor's arguments, checked against its signature
+    stem: Literal["auto", "small", "standard"]  # torchvision's CNNs: auto = small under 64 pixels
+
+    @field_validator("arch")
+    @classmethod
+    def named(cls, arch: str) -> str:
+        module, colon, name = arch.partition(":")
+        if not arch.strip() or arch != arch.strip() or (colon and not (module and name.isidentifier())):
+            raise ValueError(f"a network's name, or package.module:Class or path/to/file.py:Class (got {arch!r})")
+        return arch
+
+    @field_validator("kwargs")
+    @classmethod
+    def arguments(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for key, value in kwargs.items():
+            if not key.isidentifier():
+                raise ValueError(f"{key!r} is not an argument name")
+            if not isinstance(value, int | float | str | bool | list | type(None)):
+                raise ValueError(f"{key}: a number, string, boolean, list or null (got {type(value).__name__})")
+        return kwargs
 
 
 class OptimParams(Section):
@@ -217,12 +234,14 @@ class Params(Section):
         tunable = {"model": ModelParams, "optim": OptimParams, "train": TrainParams}
         for dotted, dimension in self.search.dimensions().items():
             section, _, field = dotted.partition(".")
-            if section not in tunable or field not in tunable[section].model_fields:
+            # model.kwargs.<argument>: any argument; the network's constructor checks it when a stage starts.
+            argument = field.removeprefix("kwargs.") if section == "model" and field.startswith("kwargs.") else None
+            if section not in tunable or (field not in tunable[section].model_fields and not argument):
                 allowed = ", ".join(
                     f"{s}.<{'|'.join(f for f in m.model_fields if f'{s}.{f}' not in IGNORED_BY_TRIALS)}>"
                     for s, m in tunable.items()
                 )
-                raise ValueError(f"search.space: unknown key {dotted!r}; allowed: {allowed}")
+                raise ValueError(f"search.space: unknown key {dotted!r}; allowed: {allowed}, model.kwargs.<argument>")
             if dotted in IGNORED_BY_TRIALS:
                 raise ValueError(
                     f"search.space: {dotted} cannot be searched: {IGNORED_BY_TRIALS[dotted]}, so every trial would "
@@ -230,12 +249,23 @@ class Params(Section):
                 )
             current = getattr(self, section).model_dump()
             for value in search_space.endpoints(dimension):
+                changed = {"kwargs": {**current["kwargs"], argument: value}} if argument else {field: value}
                 try:
-                    tunable[section].model_validate({**current, field: value})
+                    tunable[section].model_validate({**current, **changed})
                 except ValidationError as error:
                     detail = error.errors()[0]["msg"]
                     raise ValueError(f"search.space.{dotted}: value {value!r}: {detail}") from None
         return self
+
+
+def dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys and their values, as DVC shows params (`model.kwargs.width`); a list is one value."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(dotted(value, f"{prefix}{key}."))
+    return flat
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

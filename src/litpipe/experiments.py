@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from litpipe import paths
+from litpipe.config import dotted
 from litpipe.yaml12 import read_yaml
 from litpipe.errors import StageError
 
@@ -79,22 +80,12 @@ def name_from_params() -> str:
     hash of the params when none does or there are too many for a name."""
     text = paths.PARAMS.read_text()
     shown = _run(["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True)
-    committed = _flat(read_yaml(shown.stdout)) if shown.returncode == 0 else {}
-    changed = [f"{key}-{value}" for key, value in _flat(read_yaml(text)).items() if committed.get(key) != value]
+    committed = dotted(read_yaml(shown.stdout)) if shown.returncode == 0 else {}
+    changed = [f"{key}-{value}" for key, value in dotted(read_yaml(text)).items() if committed.get(key) != value]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(changed))  # what a git ref name may hold
     if not changed or len(name) > 60:
         name = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"slurm-{name}"
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys and their values (a list is one value)."""
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}{key}."))
-    return flat
 
 
 def _snakemake_pending() -> str:

@@ -44,7 +44,9 @@ def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> C
     must memorise its one fixed batch as it is, and the LR finder measures the plain model's loss curve."""
     check_crop(params.train.augment_crop, meta["input_shape"])  # in every stage, the ones without crops too
     model = Classifier(
-        **params.model.model_dump(),
+        arch=params.model.arch,
+        net_kwargs=params.model.kwargs,
+        stem=params.model.stem,
         input_shape=meta["input_shape"],
         num_classes=meta["num_classes"],
         mean=meta["mean"],

@@ -1,4 +1,5 @@
-"""The LightningModule: normalisation, network, losses, metrics, Adam + ReduceLROnPlateau.
+"""The LightningModule: normalisation, a network from the zoo (models/zoo.py), losses, metrics, Adam +
+ReduceLROnPlateau.
 
 A batch from the data module may hold several steps' worth of samples: Lightning's loop costs about
 a millisecond per batch (hooks, progress, result bookkeeping), as much as a step of a small model.
@@ -20,9 +21,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from litpipe import checkpoints
-from litpipe.errors import StageError
+from litpipe.errors import ConfigError, StageError
 from litpipe.models.augment import augment, check_crop
-from litpipe.models.networks import NETWORKS
+from litpipe.models import zoo
 
 MONITOR = "val/loss"  # what the learning-rate schedule, early stopping, checkpoints and the search minimise
 
@@ -31,9 +32,9 @@ class Classifier(pl.LightningModule):
     def __init__(
         self,
         arch: str,
-        width: int,
-        depth: int,
-        dropout: float,
+        # Not `kwargs`: Lightning's load_from_checkpoint would pass every hyperparameter under that name.
+        net_kwargs: dict[str, Any],
+        stem: str,
         input_shape: list[int],
         num_classes: int,
         mean: list[float],
@@ -52,7 +53,7 @@ class Classifier(pl.LightningModule):
         check_crop(augment_crop, input_shape)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.net = NETWORKS[arch](tuple(input_shape), num_classes, width, depth, dropout)
+        self.net = zoo.build(arch, net_kwargs, stem, tuple(input_shape), num_classes)
         # Normalisation lives in the model, so a checkpoint is usable on raw uint8 images alone.
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
@@ -69,6 +70,8 @@ class Classifier(pl.LightningModule):
         try:
             model = cls(**contents["hyper_parameters"])
             model.load_state_dict(contents["state_dict"])
+        except ConfigError as error:  # its network no longer builds (a researcher's module moved or changed)
+            raise StageError(f"{path}: {error}") from None
         except (KeyError, TypeError, RuntimeError) as error:
             first = str(error).splitlines()[0]
             raise StageError(f"{path}: not a checkpoint of this classifier ({first}); run the fit again") from None
@@ -85,11 +88,11 @@ class Classifier(pl.LightningModule):
         return (x.float() - self.mean) / self.std
 
     def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the output of every hidden block, in eval mode and without gradients."""
+        """Logits and the output of every block (zoo.blocks), in eval mode and without gradients."""
         captured: dict[str, torch.Tensor] = {}
         hooks = [
             block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
-            for name, block in self.net.hidden.items()
+            for name, block in zoo.blocks(self.net).items()
         ]
         was_training = self.training
         self.eval()

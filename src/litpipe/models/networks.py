@@ -1,11 +1,19 @@
-"""The networks. Each hidden block is a named child, so analysis can hook its activations."""
+"""litpipe's own networks. Each hidden block is a named child, so analysis can hook its activations. Their
+arguments' annotations are what `model.kwargs` is checked against (models/zoo.py), ranges included."""
+
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
+
+Units = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Layers = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Rate = Annotated[float, Field(ge=0, lt=1)]
 
 
 class MLP(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int, dropout: float):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: Units, depth: Layers, dropout: Rate):
         super().__init__()
         self.flatten = nn.Flatten()
         features = int(torch.tensor(input_shape).prod())
@@ -26,7 +34,7 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """Conv blocks (3x3 conv, ReLU, 2x2 max-pool while the image is large enough), global average pool."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int, dropout: float):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: Units, depth: Layers, dropout: Rate):
         super().__init__()
         channels, size = input_shape[0], input_shape[-1]
         self.hidden = nn.ModuleDict()

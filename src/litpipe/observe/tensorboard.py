@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard.summary import hparams
 
 from litpipe import paths
-from litpipe.config import Params
+from litpipe.config import Params, dotted
 from litpipe.observe.system import git_state, markdown_table, system_info
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,16 @@ def hparam_columns(params: Params, epochs: int) -> dict[str, Any]:
     return {
         "data.dataset": params.data.dataset,
         "seed": params.seed,
-        **{f"model.{key}": value for key, value in params.model.model_dump().items()},
+        # A network's argument may be a list or null: TensorBoard's HPARAMS shows numbers, strings and booleans.
+        **{key: _shown(value) for key, value in dotted(params.model.model_dump(), "model.").items()},
         **{f"optim.{key}": value for key, value in params.optim.model_dump().items()},
         "train.batch_size": params.train.batch_size,
         "train.max_epochs": epochs,
     }
+
+
+def _shown(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | str) else str(value)
 
 
 @rank_zero_only  # under DDP the other ranks' TensorBoard writers are dummies

@@ -1,8 +1,8 @@
 """search.space: what each entry means, the grid it spans, and how a trial samples it.
 
-    model.width: [128, 512]                  categorical (every sampler; the grid's axes)
-    model.dropout: {low: 0.0, high: 0.5}     float range (random, tpe); `step` allowed
-    model.depth: {low: 1, high: 3}           int range when both ends are integers
+    model.kwargs.width: [128, 512]                  categorical (every sampler; the grid's axes)
+    model.kwargs.dropout: {low: 0.0, high: 0.5}     float range (random, tpe); `step` allowed
+    model.kwargs.depth: {low: 1, high: 3}           int range when both ends are integers
     optim.lr: {low: 1.0e-4, high: 0.1, log: true}
     optim.lr: {lr_find: [0.3, 1, 3]}         multiples of the lr_find stage's suggestion
 

@@ -30,6 +30,7 @@ from litpipe.observe.monitors import ACTIVATION_COLUMNS
 from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run
 from litpipe.preemption import Preempted, Preemption, discard, fingerprint, resume_point
 from litpipe.training import TrainingRun, build_model, fit_trainer, make_trainer, seed_everything, swa_start_epoch
+from litpipe.models.zoo import check_params as check  # cli.py runs it before any work
 
 log = logging.getLogger(__name__)
 

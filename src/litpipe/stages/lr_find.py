@@ -11,6 +11,7 @@ from litpipe.errors import StageError
 from litpipe.io import write_json
 from litpipe.observe.tensorboard import add_figure, add_text, open_run
 from litpipe.training import build_model, make_trainer, seed_everything
+from litpipe.models.zoo import check_params as check  # cli.py runs it before any work
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
 from litpipe.observe.tensorboard import add_code, add_figure, open_run
 from litpipe.training import History, build_model, make_trainer, seed_everything
+from litpipe.models.zoo import check_params as check  # cli.py runs it before any work
 
 log = logging.getLogger(__name__)
 

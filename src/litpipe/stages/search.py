@@ -25,6 +25,7 @@ from litpipe.errors import StageError
 from litpipe.search import outputs
 from litpipe.search import study as shared
 from litpipe.search.trial import TrialRunner
+from litpipe.models.zoo import check_params as check  # cli.py runs it before any work
 
 log = logging.getLogger(__name__)
 
