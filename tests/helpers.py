@@ -273,3 +273,74 @@ def ready_to_fit(workspace: Path, params: dict, changes: dict) -> Path:
     finally:
         os.chdir(cwd)
     return workspace
+
+
+# --- a researcher's own network ------------------------------------------------------------------------------
+
+# A researcher's small ResNet with BatchNorm, two constructor arguments of its own, in a file of the repository
+# that imports a sibling module of its package.
+BLOCKS = '''
+from torch import nn
+
+
+class Residual(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x):
+        return nn.functional.relu(x + self.body(x))
+'''
+NETWORK = '''
+from torch import nn
+
+from nets.blocks import Residual
+
+
+class SmallResNet(nn.Module):
+    def __init__(self, input_shape, num_classes, channels: int, blocks: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.stage1 = nn.Sequential(*[Residual(channels) for _ in range(blocks)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        return self.head(self.stage1(self.stem(x)))
+
+
+class NoShapes(nn.Module):
+    """Takes neither input_shape nor num_classes: sized by its arguments alone."""
+
+    def __init__(self, features: int, outputs: int):
+        super().__init__()
+        self.flatten, self.linear = nn.Flatten(), nn.Linear(features, outputs)
+
+    def forward(self, x):
+        return self.linear(self.flatten(x))
+
+
+def helper():
+    return 1
+'''
+
+
+def write_network(repo: Path) -> None:
+    """The researcher's package `nets` at the repository root: nets/small.py, which imports nets/blocks.py."""
+    (repo / "nets").mkdir()
+    (repo / "nets/__init__.py").write_text("")
+    (repo / "nets/blocks.py").write_text(BLOCKS)
+    (repo / "nets/small.py").write_text(NETWORK)
+
+
+def use_network(repo: Path, arch: str = "nets/small.py:SmallResNet", searched: list[str] | None = None) -> None:
+    """params.yaml trains `arch` with two arguments of its own (the search varies its channels, or the network
+    among `searched`); its comments and every other line stay."""
+    path = repo / "params.yaml"
+    text = re.sub(r"(?m)^  arch: \S+", f"  arch: {arch}", path.read_text(), count=1)
+    text = re.sub(r"(?m)^  kwargs:.*\n(    .*\n)+", "  kwargs:\n    channels: 8\n    blocks: 1\n", text, count=1)
+    space = "    model.kwargs.channels: [8, 16]\n" + (f"    model.arch: [{', '.join(searched)}]\n" if searched else "")
+    text = re.sub(r"(?m)^  space:(.*)\n(    .*\n)+", lambda m: f"  space:{m[1]}\n{space}", text, count=1)
+    path.write_text(text)

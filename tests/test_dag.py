@@ -5,14 +5,18 @@ The import closure is checked on small packages written here (each import form, 
 must not reach), and on this repository against what each stage's code really imports when it runs."""
 
 import json
+from contextlib import chdir
 from pathlib import Path
 
 import pytest
 import yaml
 
+from litpipe.config import load_params
+from litpipe.errors import ConfigError
 from litpipe.imports import closure
+from litpipe.stages import sanity
 
-from .helpers import ROOT, copy_repo, import_records, run
+from .helpers import ROOT, copy_repo, import_records, run, use_network, write_network
 
 
 def write_package(root: Path, files: dict[str, str]) -> None:
@@ -176,3 +180,71 @@ def test_what_each_stage_imports_when_it_runs_is_among_its_deps(pipeline):
     assert set(loaded) == set(declared), "a stage's processes were not recorded"
     for stage, files in loaded.items():
         assert files <= declared[stage], (stage, sorted(files - declared[stage]))
+
+
+# --- a researcher's own network: a dependency of the stages that build networks -------------------------------
+
+BUILDERS = {"sanity", "lr_find", "search", "fit", "test", "analyze"}  # their code imports models/zoo.py
+
+
+def network_deps_in(repo: Path) -> dict[str, set[str]]:
+    """Each stage's deps under nets/, read from dvc.yaml as YAML."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {name: {dep for dep in spec.get("deps", []) if dep.startswith("nets/")} for name, spec in stages.items()}
+
+
+@pytest.mark.parametrize("arch", ["nets/small.py:SmallResNet", "nets.small:SmallResNet"])
+def test_the_network_params_name_is_written_to_the_stages_that_build_networks(tmp_path, arch):
+    repo = copy_repo(tmp_path)
+    write_network(repo)
+    (repo / "nets/unused.py").write_text("import torch\n")  # in the package, imported by nothing
+    use_network(repo, arch)
+    checked = run(["litpipe", "dag", "--check"], repo, check=False)
+    assert checked.returncode == 1
+    assert "dvc.yaml: stage sanity: missing nets/__init__.py, nets/blocks.py, nets/small.py" in checked.stderr
+    run(["litpipe", "dag", "--write"], repo)
+    files = {"nets/__init__.py", "nets/blocks.py", "nets/small.py"}  # the file, and what it imports
+    assert network_deps_in(repo) == {stage: files if stage in BUILDERS else set() for stage in network_deps_in(ROOT)}
+    assert run(["litpipe", "dag", "--check"], repo).returncode == 0
+
+    # Back to litpipe's own network: the files go again, and nothing else changed.
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    assert run(["litpipe", "dag", "--check"], repo, check=False).returncode == 1
+    run(["litpipe", "dag", "--write"], repo)
+    assert (repo / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()
+
+
+def test_the_networks_the_search_may_choose_are_deps_while_it_is_on(tmp_path):
+    repo = copy_repo(tmp_path)
+    write_network(repo)
+    (repo / "other.py").write_text("from nets.blocks import Residual\n\n\nclass Other(Residual):\n    pass\n")
+    use_network(repo, "mlp", searched=["mlp", "other.py:Other", "torch.nn:Identity"])  # torch: installed, not ours
+    run(["litpipe", "dag", "--write"], repo)
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert {dep for dep in stages["search"]["deps"] if not dep.startswith(("src/", "data/", "results/"))} == {
+        "other.py",
+        "nets/__init__.py",
+        "nets/blocks.py",
+    }
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("  enabled: true", "  enabled: false", 1))
+    run(["litpipe", "dag", "--write"], repo)
+    assert "other.py" not in (repo / "dvc.yaml").read_text()
+
+
+def test_a_stage_refuses_a_network_dvc_yaml_does_not_list(tmp_path):
+    """`dvc exp run -S model.arch=nets/small.py:SmallResNet` without `litpipe dag --write`: editing the network
+    would re-run nothing, so the stages that build it refuse (their `check`, which cli.py runs before any work:
+    the CLI's path for such refusals is in test_faults.py)."""
+    repo = copy_repo(tmp_path)
+    write_network(repo)
+    use_network(repo)
+    with chdir(repo), pytest.raises(ConfigError) as refused:
+        sanity.check(load_params())
+    assert str(refused.value) == (
+        "model.arch: dvc.yaml does not list nets/__init__.py, nets/blocks.py, nets/small.py among the deps of the "
+        "stages that build the network, so editing it would re-run nothing; run `litpipe dag --write`"
+    )
+    run(["litpipe", "dag", "--write"], repo)
+    with chdir(repo):
+        sanity.check(load_params())

@@ -29,6 +29,8 @@ from .helpers import (
     require_tool,
     run,
     tool_env,
+    use_network,
+    write_network,
 )
 
 
@@ -272,6 +274,31 @@ def test_a_code_edit_reruns_the_stages_that_import_it_under_both_engines(edited,
     assert must <= changed["dvc"] and not must_not & changed["dvc"], changed["dvc"]
     assert planned["dvc"] == planned["snakemake"]
     assert changed["dvc"] <= planned["dvc"] and not left_out & planned["dvc"], planned["dvc"]
+
+
+@pytest.mark.integration
+def test_a_researchers_network_is_an_input_of_the_stages_that_build_networks_under_both_engines(
+    pipeline, local_run, tmp_path
+):
+    """The network named in params.yaml, written into dvc.yaml by `litpipe dag --write`: an edit of a file it
+    imports re-runs the stages that build networks, and no other, under both engines."""
+    builders = {"sanity", "lr_find", "search", "fit", "test", "analyze"}
+    changed = {}
+    for engine, finished in (("dvc", pipeline[0]), ("snakemake", local_run)):
+        repo = copy_workspace(finished, tmp_path / engine)
+        write_network(repo)
+        use_network(repo)
+        run(["litpipe", "dag", "--write"], repo)
+        if engine == "dvc":
+            run(["dvc", "commit", "--force"], repo)  # as README "Change the code": outputs accepted as they are
+            assert stages_with_changed_deps(repo) == set()
+        blocks = repo / "nets/blocks.py"
+        blocks.write_text(blocks.read_text() + "\n# edited\n")
+        if engine == "dvc":
+            changed[engine] = stages_with_changed_deps(repo)
+        else:
+            changed[engine] = stages_with_input(repo, "nets/blocks.py")
+    assert changed["dvc"] == changed["snakemake"] == builders
 
 
 def test_snakemake_lint_is_clean():

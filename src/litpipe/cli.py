@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"litpipe: {error}", file=sys.stderr)
         return 2
     part = fanout.chosen(args.command, args, params)
+    missing = missing_input_or_device(part.stage, params)
+    if missing:  # before the log is opened: a stage run out of order, or on a lacking device, changes nothing
+        print(f"litpipe: {missing}", file=sys.stderr)
+        return 1
     # cuBLAS reads this once, when CUDA initialises: it must be set before torch does any work.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     started = time.perf_counter()  # the stage's time includes its imports, as a job's does
@@ -145,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"litpipe: {args.params}: {error}", file=sys.stderr)
         return 2
-    missing = missing_input_or_device(part.stage, params)
-    if missing:  # before the log is opened: a stage run out of order, or on a lacking device, changes nothing
-        print(f"litpipe: {missing}", file=sys.stderr)
-        return 1
     with stage_session(part, started) as session:
         stage.run(params, **dict(part.options))
     return session.code

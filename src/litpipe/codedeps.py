@@ -2,11 +2,14 @@
 
 A stage's code starts at the CLI and its own module (`litpipe <stage>` runs src/litpipe/cli.py, which runs
 src/litpipe/stages/<stage>.py), and at any code among its other dependencies (the report's notebook); its
-code dependencies are the package files that code imports, followed to the end (imports.py). Picked by hand,
-such lists drift, and a cache that serves results of old code is the worst failure a reproducible pipeline
-can have: `--write` writes them into dvc.yaml (every `src/litpipe/...` dependency of a stage; its other
-dependencies, and the rest of the file with its comments, stay as they are), and `--check` (and a test)
-fails where dvc.yaml differs from them. Snakemake reads the same dependencies from dvc.yaml (dag.py).
+code dependencies are the package files that code imports, followed to the end (imports.py). A stage that
+builds networks (its code imports models/zoo.py) depends on the researcher's own network too: the file
+params.yaml's `model.arch` names (and each one the search may choose), with the repository's files it
+imports. Picked by hand, such lists drift, and a cache that serves results of old code is the worst failure
+a reproducible pipeline can have: `--write` writes them into dvc.yaml (every `src/litpipe/...` dependency of
+a stage, and every Python one of a `litpipe` stage; its other dependencies, and the rest of the file with its
+comments, stay as they are), and `--check` (and a test) fails where dvc.yaml differs from them. Snakemake
+reads the same dependencies from dvc.yaml (dag.py).
 """
 
 import argparse
@@ -16,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from litpipe import imports
 from litpipe.dag import DVC_YAML, Stage, load, makes
+from litpipe.models import sources
 
 PACKAGE_DIR = imports.SOURCE / imports.PACKAGE  # src/litpipe: a dependency under it is written by `--write`
 CLI = PACKAGE_DIR / "cli.py"  # what `litpipe <stage>` runs first
@@ -34,18 +38,23 @@ def code_roots(stage: Stage, stages: dict[str, Stage], root: Path = Path()) -> l
 
 
 def code_deps(stage: Stage, stages: dict[str, Stage], root: Path = Path()) -> list[str]:
-    """The package files the stage's code imports: what dvc.yaml must list under src/litpipe for it."""
+    """The package files the stage's code imports, then the researcher's network files when it builds
+    networks: the code dependencies dvc.yaml must list for it."""
     found = imports.closure(code_roots(stage, stages, root), root / imports.SOURCE)
-    return [path.relative_to(root).as_posix() for path in found]
+    networks = sources.network_deps(root) if root / sources.ZOO in found else []
+    return [path.relative_to(root).as_posix() for path in [*found, *(n for n in networks if n not in found)]]
 
 
 def hand_written(stage: Stage) -> list[str]:
-    """The stage's dependencies that are not code of the package: data, other stages' outputs, notebooks."""
-    return [dep for dep in stage.deps if not _is_package_code(dep)]
+    """The stage's dependencies that are not code `litpipe dag` writes: data, other stages' outputs, notebooks."""
+    return [dep for dep in stage.deps if not _is_code(stage, dep)]
 
 
-def _is_package_code(dep: str) -> bool:
-    return PurePosixPath(dep).is_relative_to(PurePosixPath(PACKAGE_DIR.as_posix()))
+def _is_code(stage: Stage, dep: str) -> bool:
+    """Code `litpipe dag` writes: the package's files, and any Python file a `litpipe` stage depends on (the
+    researcher's networks: its own code starts at the CLI, so nothing else there is code)."""
+    is_package = PurePosixPath(dep).is_relative_to(PurePosixPath(PACKAGE_DIR.as_posix()))
+    return is_package or (stage.cmd.split()[:1] == ["litpipe"] and dep.endswith(".py"))
 
 
 def drift(root: Path = Path()) -> list[str]:
@@ -53,7 +62,7 @@ def drift(root: Path = Path()) -> list[str]:
     problems = []
     stages = load(root / DVC_YAML)
     for stage in stages.values():
-        declared = {dep for dep in stage.deps if _is_package_code(dep)}
+        declared = {dep for dep in stage.deps if _is_code(stage, dep)}
         imported = set(code_deps(stage, stages, root))
         if declared != imported:
             missing, extra = sorted(imported - declared), sorted(declared - imported)
@@ -83,10 +92,10 @@ def write_code_deps(root: Path = Path()) -> list[str]:
             if not wanted:
                 continue
             spec["deps"] = deps = []
-        if [dep for dep in deps if _is_package_code(str(dep))] == wanted:
+        if [dep for dep in deps if _is_code(stages[name], str(dep))] == wanted:
             continue
         for index in reversed(range(len(deps))):
-            if _is_package_code(str(deps[index])):
+            if _is_code(stages[name], str(deps[index])):
                 del deps[index]
         deps.extend(wanted)
         changed.append(name)

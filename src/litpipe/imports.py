@@ -1,4 +1,5 @@
-"""The package files that some code imports, followed to the end: its import closure within litpipe.
+"""The package files that some code imports, followed to the end: its import closure within litpipe (or,
+for a researcher's own network, within the repository).
 
 Read from the source, not by importing it: every `import` and `from ... import` statement counts, at the
 top of a module or inside a function (litpipe imports lazily so that `--help` is instant), and so does
@@ -18,18 +19,22 @@ SOURCE = Path("src")  # where the package lives, relative to the repository root
 CODE_SUFFIXES = (".py", ".ipynb")
 
 
-def closure(roots: Iterable[Path], source: Path = SOURCE) -> list[Path]:
+def closure(roots: Iterable[Path], source: Path = SOURCE, package: str | None = PACKAGE) -> list[Path]:
     """The package files (under `source`) that the code in `roots` imports, directly or through each other,
-    with the roots that are package files themselves; sorted."""
+    with the roots that are package files themselves; sorted. `package` None: every module found under
+    `source`, whatever its name (a repository's own packages, from its root)."""
     roots = [Path(root) for root in roots]
     # A root in the package is imported too (by a name made at run time): with its packages' __init__.py.
     found = {
-        file for root in roots if (name := _module_name(root, source)) for file in _files_run_by_import(name, source)
+        file
+        for root in roots
+        if (name := _module_name(root, source, package))
+        for file in _files_run_by_import(name, source)
     }
     pending = [*roots, *found]
     while pending:
         path = pending.pop()
-        for module in imported_modules(path, source):
+        for module in imported_modules(path, source, package):
             for file in _files_run_by_import(module, source):
                 if file not in found:
                     found.add(file)
@@ -47,9 +52,10 @@ def code_files(path: Path) -> Iterator[Path]:
         yield path
 
 
-def imported_modules(path: Path, source: Path) -> Iterator[str]:
-    """The dotted names of the litpipe modules a file's statements import (a notebook: its code cells)."""
-    this = _module_name(path, source)
+def imported_modules(path: Path, source: Path, package: str | None = PACKAGE) -> Iterator[str]:
+    """The dotted names of the modules of `package` (None: of any) that a file's statements import (a notebook:
+    its code cells)."""
+    this = _module_name(path, source, package)
     for node in ast.walk(ast.parse(_code(path), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -61,7 +67,7 @@ def imported_modules(path: Path, source: Path) -> Iterator[str]:
             names = [node.args[0].value]
         else:
             continue
-        yield from (name for name in names if name == PACKAGE or name.startswith(PACKAGE + "."))
+        yield from (name for name in names if package is None or name == package or name.startswith(package + "."))
 
 
 def _is_import_call(node: ast.AST) -> bool:
@@ -85,21 +91,30 @@ def _files_run_by_import(module: str, source: Path) -> Iterator[Path]:
             yield directory.with_suffix(".py")
 
 
+def module_file(module: str, source: Path) -> Path | None:
+    """The file that defines `module` under `source`: its .py, or its package's __init__.py; None if none does."""
+    directory = source.joinpath(*module.split("."))
+    for candidate in (directory.with_suffix(".py"), directory / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _absolute(node: ast.ImportFrom, this: str | None) -> str:
     """The module a `from` statement imports from, relative ones resolved against the importing module."""
     if not node.level:
         return node.module or ""
     if this is None:
-        raise ValueError(f"a relative import (line {node.lineno}) outside the {PACKAGE} package")
+        raise ValueError(f"a relative import (line {node.lineno}) outside a package")
     package = this.split(".")[: -node.level]
     return ".".join(package + ([node.module] if node.module else []))
 
 
-def _module_name(path: Path, source: Path) -> str | None:
+def _module_name(path: Path, source: Path, package: str | None = PACKAGE) -> str | None:
     """litpipe.a.b for source/litpipe/a/b.py (and for a package's __init__.py, its package plus __init__, so
     that its relative imports resolve against the package); None outside the package."""
     path = Path(path)
-    if not path.is_relative_to(source / PACKAGE) or path.suffix != ".py":
+    if not path.is_relative_to(source / (package or "")) or path.suffix != ".py":
         return None
     return ".".join(path.relative_to(source).with_suffix("").parts)
 

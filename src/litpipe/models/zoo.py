@@ -28,6 +28,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
 from litpipe.errors import ConfigError
+from litpipe.models import sources
 from litpipe.models.networks import NETWORKS
 from litpipe.search import space as search_space
 
@@ -42,20 +43,6 @@ SMALL_IMAGE = 64  # pixels: below this side, torchvision's stems would shrink th
 def is_own(arch: str) -> bool:
     """A researcher's module (`x.y:Class`, `x/y.py:Class`) rather than a network named by litpipe or torchvision."""
     return ":" in arch
-
-
-def source_file(arch: str, root: Path = Path()) -> Path | None:
-    """The file that defines an own network, relative to the repository root; None for the others."""
-    if not is_own(arch):
-        return None
-    module, _, _ = arch.partition(":")
-    if module.endswith(".py"):
-        return Path(module)
-    spec = _find_spec(module, root)
-    origin = Path(spec.origin).resolve() if spec and spec.origin else None
-    if origin is None or not origin.is_relative_to(root.resolve()):
-        return None  # an installed package: pinned by the environment, not tracked as code
-    return origin.relative_to(root.resolve())
 
 
 def constructor(arch: str) -> Callable[..., nn.Module]:
@@ -94,6 +81,14 @@ def check_params(params: "Params") -> None:
         for key, ends in searched.items():
             for value in ends[1:]:
                 check(arch, {**values, key: value}, params.model.stem)
+    # DVC and Snakemake re-run a stage when a file among its deps changes: a network file dvc.yaml does not
+    # list could be edited without effect, and the cache would serve results of the old network.
+    untracked = sources.untracked_networks()
+    if untracked:
+        raise ConfigError(
+            f"model.arch: dvc.yaml does not list {', '.join(untracked)} among the deps of the stages that build "
+            "the network, so editing it would re-run nothing; run `litpipe dag --write`"
+        )
 
 
 def check(arch: str, kwargs: dict[str, Any], stem: str = "auto") -> None:
