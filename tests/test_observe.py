@@ -31,7 +31,14 @@ from .helpers import ROOT, STAGES, require_module, require_tool, tool_env
 
 def documented_hparams_tab(params: dict) -> tuple[set[str], list[str]]:
     """The HPARAMS tab's hyperparameter and metric columns as the README (or a page of docs/) describes them:
-    `section.*` stands for every key of that params.yaml section (`params`, the raw YAML)."""
+    `section.*` stands for every param of that params.yaml section (`params`, the raw YAML), dotted to its leaves
+    as `dvc exp show` names them (`model.kwargs.width`)."""
+
+    def leaves(tree, prefix):
+        if not isinstance(tree, dict):
+            return {prefix}
+        return {leaf for key, value in tree.items() for leaf in leaves(value, f"{prefix}.{key}")}
+
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     text = next(
         text for text in (page.read_text() for page in pages) if re.search(r"hyperparameter\s+columns\s*\(", text)
@@ -41,7 +48,7 @@ def documented_hparams_tab(params: dict) -> tuple[set[str], list[str]]:
     columns = set()
     for name in listed:
         section, _, key = name.partition(".")
-        columns |= {f"{section}.{k}" for k in params[section]} if key == "*" else {name}
+        columns |= leaves(params[section], section) if key == "*" else {name}
     return columns, list(dict.fromkeys(re.findall(r"`(hp/\w+)`", bullet)))
 
 
