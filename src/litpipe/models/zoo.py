@@ -14,6 +14,7 @@ typo or a wrong head is one line before training rather than a traceback in epoc
 """
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -233,18 +234,10 @@ def _where(error: BaseException) -> str:
     return f" ({Path(ours[-1].filename).name} line {ours[-1].lineno})" if ours else ""
 
 
-def _find_spec(module_name: str, root: Path):
-    if str(root.resolve()) not in sys.path:
-        sys.path.insert(0, str(root.resolve()))
-    try:
-        return importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return None
-
-
 # --- torchvision ---------------------------------------------------------------------------------------
 
 
+@functools.cache  # asked by every check and build: list_models walks torchvision's registry
 def _torchvision_names() -> list[str]:
     import torchvision
 
