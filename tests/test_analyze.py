@@ -17,6 +17,8 @@ from litpipe.io import write_json
 from litpipe.models.classifier import Classifier
 from litpipe.stages import analyze, fit
 
+from .helpers import write_network
+
 BINS = 10  # the reliability diagram's equal-width confidence bins
 
 
@@ -82,6 +84,61 @@ def test_the_analysis_of_a_trained_model_matches_scikit_learn(digits):
     assert summary["accuracy"] == pytest.approx((predicted == truth).mean(), abs=1e-12)
     expected = calibration_error(confidence, predicted == truth)
     assert summary["expected_calibration_error"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("layers", [[], ["stage1.0.body", "stem"]], ids=["blocks", "named-layers"])
+def test_the_pca_shows_each_block_or_named_layer_with_maps_pooled_per_channel(digits, layers):
+    """A researcher's convolutional network: the PCA covers its top-level blocks, or the modules analyze.layers
+    names; each map is averaged per channel first, checked with scikit-learn's PCA of maps pooled here."""
+    from sklearn.decomposition import PCA
+
+    write_network(paths.PARAMS.parent.absolute())
+    params = digits.override(
+        {
+            "model.arch": "nets/small.py:SmallResNet",
+            "model.kwargs": {"channels": 8, "blocks": 1},
+            "train.max_epochs": 2,
+            "analyze.layers": layers,
+        }
+    )
+    write_json(paths.SEARCH_BEST, {"params": {}})
+    fit.run(params)
+    analyze.run(params)
+
+    model, test = Classifier.from_checkpoint(paths.BEST_CKPT), load_split("test")
+    modules = dict(model.net.named_modules())
+    expected = layers or ["stem", "stage1", "head"]
+    maps = {}
+    hooks = [
+        modules[name].register_forward_hook(lambda _m, _i, out, name=name: maps.__setitem__(name, out))
+        for name in expected
+    ]
+    with torch.no_grad():
+        model(test.x)
+    for hook in hooks:
+        hook.remove()
+    explained = json.loads(paths.ANALYSIS_SUMMARY.read_text())["pca_explained_variance"]
+    assert sorted(explained) == sorted(expected)
+    for name in expected:
+        values = maps[name].mean(dim=(2, 3)) if maps[name].dim() == 4 else maps[name]
+        assert values.shape[1] == (10 if name == "head" else 8)  # 8 channels, or the 10 classes' logits
+        reference = PCA(n_components=2).fit(values.double().numpy()).explained_variance_ratio_
+        np.testing.assert_allclose(explained[name], reference, rtol=1e-3, atol=1e-6)
+
+
+def test_a_layer_the_network_does_not_have_is_one_line_naming_a_close_one():
+    from litpipe.errors import ConfigError
+    from litpipe.models import zoo
+    from litpipe.models.networks import CNN
+
+    net = CNN((1, 8, 8), num_classes=10, width=4, depth=2, dropout=0.0)
+    close = r"^analyze.layers: CNN has no module 'hiden.conv1' \(did you mean hidden.conv1\?\)$"
+    with pytest.raises(ConfigError, match=close):
+        zoo.blocks(net, ["hidden.conv1", "hiden.conv1"])
+    far = r"^analyze.layers: CNN has no module 'zzz' \(its blocks are hidden.conv1, hidden.conv2\)$"
+    with pytest.raises(ConfigError, match=far):
+        zoo.blocks(net, ["zzz"])
+    assert list(zoo.blocks(net, ["hidden.conv2", "head"])) == ["hidden.conv2", "head"]
 
 
 @pytest.fixture

@@ -84,7 +84,8 @@ def test_half_precision_on_the_cpu_is_refused_before_any_work(tmp_path, default_
 
 
 def test_unknown_key_lists_the_allowed_keys(tmp_path, default_params):
-    with pytest.raises(ConfigError, match=r"optim\.lrate: unknown key; allowed: lr, weight_decay, plateau_factor"):
+    allowed = "name, lr, weight_decay, momentum, nesterov, scheduler, warmup_epochs, plateau_factor, plateau_patience"
+    with pytest.raises(ConfigError, match=rf"optim\.lrate: unknown key; allowed: {allowed}$"):
         load_params(write(tmp_path, modified(default_params, "optim", "lrate", 0.01)))
 
 

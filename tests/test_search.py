@@ -310,15 +310,20 @@ def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
 
 
 @pytest.mark.slow
-def test_learning_rate_as_multiples_of_the_lr_finder_suggestion(workspace):
-    workspace(settings(space={"optim.lr": {"lr_find": [0.5, 2.0]}}))
+def test_learning_rate_as_multiples_of_the_lr_finder_suggestion_for_each_optimiser(workspace):
+    # The one-cycle schedule takes optim.lr as its peak: the finder's multiples apply to it as to any rate.
+    space = {"optim.lr": {"lr_find": [0.5, 2.0]}, "optim.name": ["adamw", "sgd"]}
+    workspace({**settings(space=space), "optim.scheduler": "onecycle"})
     litpipe("lr_find")
     suggestion = json.loads(Path("results/lr_find/lr_find.json").read_text())["suggestion"]
     litpipe("search")
     rows = trials()
-    assert sorted(float(row["params_optim.lr@lr_find"]) for row in rows) == [0.5, 2.0]
+    assert {row["state"] for row in rows} == {"COMPLETE"}
+    chosen = sorted((row["params_optim.name"], float(row["params_optim.lr@lr_find"])) for row in rows)
+    assert chosen == [("adamw", 0.5), ("adamw", 2.0), ("sgd", 0.5), ("sgd", 2.0)]
     best = json.loads(Path("results/search/best.json").read_text())
     assert best["params"]["optim.lr"] == pytest.approx(best["optuna_params"]["optim.lr@lr_find"] * suggestion)
+    assert best["params"]["optim.name"] in ("adamw", "sgd")
 
 
 @pytest.mark.slow

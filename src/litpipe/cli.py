@@ -71,6 +71,14 @@ def dag_arguments(parser: argparse.ArgumentParser) -> None:
     action.add_argument("--write", action="store_true", help="write them into dvc.yaml (the rest of it kept as it is)")
 
 
+def predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched for them")
+    parser.add_argument("--checkpoint", default=str(paths.BEST_CKPT), help="the model (default: %(default)s)")
+    parser.add_argument("--out", default="predictions.csv", help="the CSV written (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image (default: 3)")
+    parser.add_argument("--skip-bad", action="store_true", help="go on past files that cannot be read, naming each")
+
+
 TOOLS = {
     "bench": Tool(
         "Time litpipe's training path against a plain PyTorch loop (prints JSON).",
@@ -94,6 +102,13 @@ TOOLS = {
         "show` lists it beside `dvc exp run`s, `dvc exp apply NAME` brings its outputs back.",
         "litpipe.experiments:record_command",
         record_arguments,
+    ),
+    "predict": Tool(
+        "The classes a trained model gives new images (a CSV).",
+        "Classify image files (or the images in folders) with a trained model, prepared as its training images "
+        "were; writes the file, the predicted class, its probability and the next classes to a CSV.",
+        "litpipe.predict:main",
+        predict_arguments,
     ),
     "dag": Tool(
         "Each stage's code dependencies: the package files its code imports.",

@@ -72,10 +72,31 @@ class ModelParams(Section):
 
 
 class OptimParams(Section):
+    name: Literal["adam", "adamw", "sgd"]  # models/optim.py
     lr: Annotated[float, Field(gt=0, le=10)]
     weight_decay: Annotated[float, Field(ge=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]  # sgd
+    nesterov: bool  # sgd
+    scheduler: Literal["plateau", "cosine", "onecycle", "none"]
+    warmup_epochs: Count
     plateau_factor: Fraction
     plateau_patience: Count
+
+    @model_validator(mode="after")
+    def takes_effect(self) -> "OptimParams":
+        if self.nesterov and not (self.name == "sgd" and self.momentum > 0):
+            raise ValueError("nesterov needs name: sgd and a momentum above 0")
+        return self
+
+
+# Optimiser settings that only one optimiser or schedule reads: the key, and the setting that must hold for it
+# to take effect (a search over the key would otherwise train the same network in every trial).
+ONLY_WITH = {
+    "optim.momentum": ("optim.name", "sgd"),
+    "optim.nesterov": ("optim.name", "sgd"),
+    "optim.plateau_factor": ("optim.scheduler", "plateau"),
+    "optim.plateau_patience": ("optim.scheduler", "plateau"),
+}
 
 
 class TrainParams(Section):
@@ -180,6 +201,10 @@ class ObserveParams(Section):
     wandb_project: str
 
 
+class AnalyzeParams(Section):
+    layers: list[str]  # modules of the network (named as net.named_modules() names them); [] = its blocks
+
+
 class ReportParams(Section):
     title: str
     mistakes_shown: PositiveInt
@@ -209,6 +234,7 @@ class Params(Section):
     search: SearchParams
     replicates: ReplicatesParams
     observe: ObserveParams
+    analyze: AnalyzeParams
     report: ReportParams
 
     def override(self, values: dict[str, Any]) -> "Params":
@@ -247,6 +273,14 @@ class Params(Section):
                     f"search.space: {dotted} cannot be searched: {IGNORED_BY_TRIALS[dotted]}, so every trial would "
                     "train the same; set it in params.yaml"
                 )
+            if dotted in ONLY_WITH:
+                setting, needed = ONLY_WITH[dotted]
+                value = getattr(self.optim, setting.removeprefix("optim."))
+                if value != needed and setting not in self.search.space:
+                    raise ValueError(
+                        f"search.space: {dotted} takes effect with {setting}: {needed} only ({setting} is {value}), "
+                        "so every trial would train the same"
+                    )
             current = getattr(self, section).model_dump()
             for value in search_space.endpoints(dimension):
                 changed = {"kwargs": {**current["kwargs"], argument: value}} if argument else {field: value}

@@ -116,8 +116,9 @@ class PlainLoop:
         self.data.setup("fit")
         # Without augmentation, in both loops: the bench compares the training loops, not the augmentation.
         self.model = build_model(params, load_meta(), augment=False).to(self.device)
-        configured = self.model.optimizers_for(params.train.precision)
-        self.optimizer, self.scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+        (self.optimizer,), self.schedule = self.model.optimizers_for(
+            params.train.precision, self.data.steps_per_epoch(), params.train.max_epochs
+        )
         self.autocast = _autocast(params.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=params.train.precision == "16-mixed")
         self.best, self.epochs = float("inf"), 0
@@ -128,7 +129,7 @@ class PlainLoop:
             started = _now(self.device)
             self._train()
             val_loss, val_acc = self._validate()
-            self.scheduler.step(val_loss)
+            self._step_schedules("epoch", val_loss)
             if val_loss < self.best:
                 self.best = val_loss
                 torch.save(self.model.state_dict(), "plain-best.pt")
@@ -153,6 +154,12 @@ class PlainLoop:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.params.train.gradient_clip_val)
             scaler.step(optimizer)
             scaler.update()
+            self._step_schedules("step")
+
+    def _step_schedules(self, interval: str, val_loss: float | None = None) -> None:
+        for config in self.schedule:
+            if config["interval"] == interval:
+                config["scheduler"].step(*([val_loss] if interval == "epoch" else []))
 
     def _validate(self) -> tuple[float, float]:
         self.model.eval()

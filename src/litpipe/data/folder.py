@@ -77,7 +77,7 @@ class ImageFiles:
         try:
             with Image.open(path) as opened:
                 image = ImageOps.exif_transpose(opened)  # photos stored sideways, as cameras mark them
-                pixels = _pixels(image, self.channels)
+                pixels = image_pixels(image, self.channels)
         except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated or damaged data
             raise StageError(f"{path}: cannot be decoded ({error})") from None
         image = torch.from_numpy(pixels).permute(2, 0, 1)
@@ -86,7 +86,7 @@ class ImageFiles:
         return fit_to(image, self.side)
 
 
-def _pixels(image: Image.Image, channels: int) -> np.ndarray:
+def image_pixels(image: Image.Image, channels: int) -> np.ndarray:
     """H x W x C uint8; 16-bit grey scaled to 8 bits (PIL's convert would clip it)."""
     if image.mode.startswith("I;16"):
         grey = (np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8)

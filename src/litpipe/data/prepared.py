@@ -267,6 +267,10 @@ class PreparedData(pl.LightningDataModule):
             {name: split.to(self.device) for name, split in stored.items()} if self.path == "resident" else stored
         )
 
+    def steps_per_epoch(self, world: int = 1) -> int:
+        """Optimizer steps in a training epoch (set up first): one per `batch_size` piece of a rank's shard."""
+        return len(BatchOrder(len(self.splits["train"].y), self.batch_size, shuffle=False, world=world))
+
     def train_dataloader(self) -> Batches | DataLoader:
         # Validation and test stay whole on every rank: small, and exact without gathering.
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

@@ -1,5 +1,5 @@
-"""The LightningModule: normalisation, a network from the zoo (models/zoo.py), losses, metrics, Adam +
-ReduceLROnPlateau.
+"""The LightningModule: normalisation, a network from the zoo (models/zoo.py), losses, metrics, and the optimiser
+and schedule of params.optim (models/optim.py).
 
 A batch from the data module may hold several steps' worth of samples: Lightning's loop costs about
 a millisecond per batch (hooks, progress, result bookkeeping), as much as a step of a small model.
@@ -10,7 +10,7 @@ Training pieces may be augmented (litpipe.models.augment): each piece draws its 
 before its step, so augmentation too gives the same numbers however many pieces a batch holds.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from litpipe import checkpoints
 from litpipe.errors import ConfigError, StageError
 from litpipe.models.augment import augment, check_crop
-from litpipe.models import zoo
+from litpipe.models import optim, zoo
 
 MONITOR = "val/loss"  # what the learning-rate schedule, early stopping, checkpoints and the search minimise
 
@@ -45,9 +45,14 @@ class Classifier(pl.LightningModule):
         plateau_patience: int,
         batch_size: int,
         gradient_clip_val: float,
-        # Defaults: checkpoints saved before augmentation existed load as trained, without it.
+        # Defaults: checkpoints saved before augmentation and the optimiser choice existed load as trained.
         augment_flip: bool = False,
         augment_crop: int = 0,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        scheduler: str = "plateau",
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         check_crop(augment_crop, input_shape)
@@ -87,24 +92,37 @@ class Classifier(pl.LightningModule):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
-    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and the output of every block (zoo.blocks), in eval mode and without gradients."""
-        captured: dict[str, torch.Tensor] = {}
+    def forward_with_activations(
+        self, x: torch.Tensor, layers: Sequence[str] = (), pooled: bool = False, chunk: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the output of every block (zoo.blocks: the modules `layers` names, or the network's
+        blocks), in eval mode and without gradients. `pooled`: each channel of a convolutional map (4 or 5
+        dimensions) is averaged over its positions, so a map is one number per channel, and every output is one
+        row per sample; `chunk`: that many samples at a time (the pooled outputs of a large split fit in memory
+        where the maps would not)."""
+        captured: dict[str, list[torch.Tensor]] = {}
+
+        def keep(name: str, out: Any) -> None:
+            out = (out[0] if isinstance(out, tuple | list) else out).detach()  # a block may return more than one
+            if pooled:
+                out = out.flatten(2).mean(2) if out.dim() >= 4 else out.flatten(1)
+            captured.setdefault(name, []).append(out)
+
         hooks = [
-            block.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
-            for name, block in zoo.blocks(self.net).items()
+            block.register_forward_hook(lambda _m, _i, out, name=name: keep(name, out))
+            for name, block in zoo.blocks(self.net, layers).items()
         ]
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
                 # The network's own forward: eager even when training compiled it, so the hooks see every block.
-                logits = self.net.forward(self.normalise(x))
+                logits = torch.cat([self.net.forward(self.normalise(part)) for part in x.split(chunk or len(x))])
         finally:
             self.train(was_training)
             for hook in hooks:
                 hook.remove()
-        return logits, captured
+        return logits, {name: torch.cat(parts) for name, parts in captured.items()}
 
     # Metrics are summed on the device and logged once per epoch: a `self.log` per step costs more
     # than a step of a small model (Lightning moves its whole result state on every call), and a
@@ -220,11 +238,21 @@ class Classifier(pl.LightningModule):
             self._evaluate(piece, "test")
         self._end_batch(batch_idx, "test")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return self.optimizers_for(self.trainer.precision)
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        trainer = self.trainer
+        data = trainer.datamodule
+        # A datamodule's batches hold several steps; a loader given directly (the sanity check's one batch) one each.
+        if data is not None:
+            steps = data.steps_per_epoch(trainer.world_size)
+        else:
+            steps = trainer.estimated_stepping_batches // trainer.max_epochs
+        return self.optimizers_for(trainer.precision, steps, trainer.max_epochs)
 
-    def optimizers_for(self, precision: str) -> dict[str, Any]:
-        """Adam + ReduceLROnPlateau on MONITOR, for training at `precision` (a Lightning precision name)."""
+    def optimizers_for(
+        self, precision: str, steps_per_epoch: int, max_epochs: int
+    ) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        """The optimiser and schedule of params.optim (models/optim.py), for training at `precision` (a Lightning
+        precision name) for `max_epochs` epochs of `steps_per_epoch` optimizer steps."""
         hp = self.hparams
         # The fused kernel updates every parameter in one call: a third of the time of the per-tensor loop.
         # Lightning's mixed-precision plugin cannot clip a fused optimizer's gradients: there, the
@@ -232,11 +260,13 @@ class Classifier(pl.LightningModule):
         kernel = {"fused": True} if precision == "32-true" else {"foreach": True}
         if self.device.type not in ("cpu", "cuda"):
             kernel = {}
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **kernel)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience
+        chosen = optim.optimizer(
+            hp.optimizer, self.parameters(), hp.lr, hp.weight_decay, hp.momentum, hp.nesterov, kernel
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        schedule = optim.schedule(
+            chosen, hp.scheduler, hp.warmup_epochs, steps_per_epoch, max_epochs, hp.plateau_factor, hp.plateau_patience
+        )
+        return [chosen], schedule
 
 
 def backward_is_plain_autograd(trainer: pl.Trainer) -> bool:

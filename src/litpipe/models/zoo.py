@@ -20,7 +20,7 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,10 +157,21 @@ def probe(net: nn.Module, arch: str, input_shape: tuple[int, ...], num_classes: 
         )
 
 
-def blocks(net: nn.Module) -> dict[str, nn.Module]:
-    """The blocks whose outputs activation analysis shows: litpipe's hidden blocks; the stages of a torchvision
-    model's `features`; otherwise the network's top-level children that hold layers of their own (a ResNet's
-    layer1..layer4, a researcher's stem and stages), or all of them when none does."""
+def blocks(net: nn.Module, names: Sequence[str] = ()) -> dict[str, nn.Module]:
+    """The modules whose outputs activation analysis shows: those `names` names (as net.named_modules() names
+    them), or by default litpipe's hidden blocks; the stages of a torchvision model's `features`; otherwise the
+    network's top-level children that hold layers of their own (a ResNet's layer1..layer4, a researcher's stem
+    and stages), or all of them when none does."""
+    if names:
+        modules = dict(net.named_modules())
+        for name in names:
+            if name not in modules or not name:
+                close = difflib.get_close_matches(name, [m for m in modules if m], n=1)
+                named = {id(module): qualified for qualified, module in modules.items()}
+                default = ", ".join(named[id(block)] for block in blocks(net).values())
+                hint = f"did you mean {close[0]}?" if close else f"its blocks are {default}"
+                raise ConfigError(f"analyze.layers: {type(net).__name__} has no module {name!r} ({hint})")
+        return {name: modules[name] for name in names}
     hidden = getattr(net, "hidden", None)
     if isinstance(hidden, nn.ModuleDict):
         return dict(hidden.items())

@@ -1,4 +1,5 @@
-"""analyze: residual analysis of the best model on the test split, and PCA of its hidden activations."""
+"""analyze: residual analysis of the best model on the test split, and PCA of its blocks' activations (or of
+the modules analyze.layers names), convolutional maps pooled per channel."""
 
 import logging
 
@@ -22,14 +23,15 @@ log = logging.getLogger(__name__)
 LABEL_SIZE = 8  # points, of class names on the axes
 TITLE_WIDTH = 1.1  # inches, of a title line in the mistakes gallery: an image's width, less a gap
 LEGEND_CLASSES = 20  # up to this many classes, the PCA plot names them in a key; beyond, a colour bar
+CHUNK = 500  # test samples through the network at a time
 
 
 def run(params: Params) -> None:
     meta = load_meta()
     model = Classifier.from_checkpoint(paths.BEST_CKPT)
     test = load_split("test")
-    logits, activations = model.forward_with_activations(test.x)
-    activations = {name: values.flatten(1) for name, values in activations.items()}
+    # Each convolutional map pooled per channel: PCA of channels, not of every pixel of every channel.
+    logits, activations = model.forward_with_activations(test.x, params.analyze.layers, pooled=True, chunk=CHUNK)
 
     residuals = residual_table(logits, test.y)
     write_csv(residuals, paths.ANALYSIS / "predictions.csv")
