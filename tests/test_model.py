@@ -53,7 +53,7 @@ def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits, 
     assert summary["swa_start_epoch"] == 1 and summary["best_epoch"] > 1
     assert summary["checkpoint_is_averaged"]
     # Averaged for real: the weights at the end of each epoch from the start up to the validated one.
-    assert assert_checkpoint_is_averaged(paths.BEST_CKPT) == summary["best_epoch"] - summary["swa_start_epoch"]
+    assert assert_checkpoint_is_averaged(paths.BEST_CKPT) == summary["best_epoch"] - summary["swa_start_epoch"] + 1
 
 
 @pytest.mark.slow

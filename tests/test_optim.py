@@ -1,19 +1,24 @@
-"""Optimisers and learning-rate schedules: the rate at every step of each schedule against its formula, each
-optimiser through the fit and the LR finder (and a search: tests/test_search.py)."""
+"""Optimisers, learning-rate schedules and weight averaging: the rate at every step of each schedule against its
+formula, each optimiser through the fit, the LR finder and a search, and the averaged weights (BatchNorm's
+statistics included) that the fit validates, checkpoints and tests."""
 
 import csv
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from litpipe import paths
 from litpipe.config import load_params
+from litpipe.data.prepared import load_split
 from litpipe.errors import ConfigError
 from litpipe.io import read_json, write_json
 from litpipe.models import optim
+from litpipe.models.classifier import Classifier
 from litpipe.stages import fit, lr_find
 
+from .helpers import assert_checkpoint_is_averaged, write_network
 
 LR, STEPS, EPOCHS = 0.1, 5, 4  # a run of 4 epochs of 5 steps
 
@@ -158,3 +163,48 @@ def test_the_lr_finder_suggests_a_rate_for_sgd_with_onecycle(digits):
     lr_find.run(params)
     suggestion = read_json(paths.LR_FIND_RESULT)["suggestion"]
     assert params.lr_find.min_lr < suggestion < params.lr_find.max_lr
+
+
+def fresh_batch_norm_statistics(model: Classifier, batch_size: int) -> dict[str, torch.Tensor]:
+    """torch's own update_bn over the training split in order, in pieces of `batch_size`: the reference."""
+    train = load_split("train")
+    pieces = list(zip(train.x.split(batch_size), train.y.split(batch_size)))
+    torch.optim.swa_utils.update_bn(pieces, model)
+    model.eval()
+    return {name: value.clone() for name, value in model.state_dict().items() if "running_" in name}
+
+
+def test_averaged_weights_are_validated_with_their_own_batch_norm_statistics(digits):
+    """A network with BatchNorm, averaged from the second epoch: the average validated at epoch e includes
+    epoch e, and the checkpoint's running statistics are those of a fresh pass with the averaged weights, whose
+    validation loss is the one the fit records."""
+    write_network(paths.PARAMS.parent.absolute())
+    params = digits.override(
+        {
+            "model.arch": "nets/small.py:SmallResNet",
+            "model.kwargs": {"channels": 8, "blocks": 1},
+            "train.max_epochs": 5,
+            "train.swa_epoch_start": 0.4,  # epoch 1 (from 0)
+            "train.early_stopping_patience": 50,
+        }
+    )
+    write_json(paths.SEARCH / "best.json", {"params": {}})
+    fit.run(params)
+    summary = read_json(paths.FIT / "summary.json")
+    assert summary["swa_start_epoch"] == 1
+    # Every epoch validated other weights: the first average (epoch 1 alone) is not epoch 0's weights again.
+    losses = [row["val/loss"] for row in history()]
+    assert len(set(losses)) == len(losses) == 5
+    # The checkpoint holds the average of the weights of epochs 1 .. best, the best epoch's own included.
+    assert assert_checkpoint_is_averaged(paths.BEST_CKPT) == summary["best_epoch"]
+
+    model = Classifier.from_checkpoint(paths.BEST_CKPT)
+    stored = {name: value.clone() for name, value in model.state_dict().items() if "running_" in name}
+    assert stored, "no BatchNorm statistics in the checkpoint"
+    fresh = fresh_batch_norm_statistics(model, params.train.batch_size)
+    for name, value in stored.items():
+        torch.testing.assert_close(value, fresh[name], rtol=1e-4, atol=1e-5, msg=name)
+    val = load_split("val")
+    with torch.no_grad():
+        loss = F.cross_entropy(model(val.x), val.y).item()
+    assert loss == pytest.approx(summary["best_val_loss"], rel=1e-4)

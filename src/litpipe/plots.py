@@ -124,8 +124,8 @@ def training_curves(table: "pd.DataFrame", best_epoch: int, best_loss: float, sw
         acc_ax.plot(epochs, table[f"{split}/acc"], label=split)
     loss_ax.scatter([best_epoch + 1], [best_loss], color="tab:red", zorder=3, label="lowest val/loss")
     for ax in (loss_ax, acc_ax):
-        # The average is first updated after epoch swa_start + 1 and validated from the next one.
-        ax.axvline(swa_start + 1.5, color="grey", linestyle=":", label="averaging starts")
+        # The average takes epoch swa_start + 1's weights (counted from 1) before that epoch's validation.
+        ax.axvline(swa_start + 0.5, color="grey", linestyle=":", label="averaging starts")
         ax.set_xlabel("epoch")
         ax.legend()
     loss_ax.set(ylabel="cross-entropy", title="Loss", yscale="log")

@@ -157,18 +157,29 @@ class History(Callback):
 class StochasticWeightAveraging(WeightAveraging):
     """Equal-weight average of the weights at the end of each epoch from `start_epoch` on.
 
-    Lightning's WeightAveraging validates and checkpoints the averaged weights. Before the first
-    update the average is just the initial weights, so until then this validates, checkpoints and
-    keeps the weights being trained: whatever stops training (early stopping included), the
-    checkpoint holds the weights whose validation loss it records.
+    Lightning's WeightAveraging validates and checkpoints the averaged weights. The average takes an epoch's
+    weights after its last training batch, before validation: the average validated at epoch e includes
+    epoch e (Lightning's epoch-end update comes after validation, so each validation would see the previous
+    epoch's average). Batch normalisation's running statistics are then recomputed for the averaged weights
+    with a pass over the training split (torch.optim.swa_utils.update_bn): an average of the statistics of
+    other weights would not describe them. Before the first update the average is just the initial weights,
+    so until then this validates, checkpoints and keeps the weights being trained: whatever stops training
+    (early stopping included), the checkpoint holds the weights whose validation loss it records.
     """
 
     def __init__(self, start_epoch: int) -> None:
         super().__init__()
         self.start_epoch = start_epoch
 
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return epoch_idx is not None and epoch_idx >= self.start_epoch
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch >= self.start_epoch and batch_idx + 1 == trainer.num_training_batches:
+            self._average_model.update_parameters(pl_module)
+            recompute_batch_norm(self._average_model.module, trainer.datamodule, pl_module.device)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # updated after the epoch's last batch instead
 
     @property
     def started(self) -> bool:
@@ -189,6 +200,16 @@ class StochasticWeightAveraging(WeightAveraging):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.started:
             super().on_train_end(trainer, pl_module)
+
+
+def recompute_batch_norm(model: torch.nn.Module, data: Any, device: torch.device) -> None:
+    """BatchNorm running statistics of `model` as one pass over the training split in `batch_size` pieces, in
+    order, gives them (update_bn: a cumulative average over the pieces). Nothing to do, and no data read,
+    for a network without BatchNorm. Training's random numbers are left as they were."""
+    if not any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.optim.swa_utils.update_bn(data.train_in_order(), model, device)
 
 
 @dataclass
@@ -260,8 +281,7 @@ def fit_trainer(
         mode="min",
         save_top_k=1,
         enable_version_counter=False,
-        # Save right after validation: at train-epoch end the average has already absorbed this
-        # epoch's weights and would no longer be the weights that were validated.
+        # Save right after validation, the weights it validated (the average, once averaging has started).
         save_on_train_epoch_end=False,
     )
     swa_start = swa_start_epoch(params)

@@ -271,6 +271,11 @@ class PreparedData(pl.LightningDataModule):
         """Optimizer steps in a training epoch (set up first): one per `batch_size` piece of a rank's shard."""
         return len(BatchOrder(len(self.splits["train"].y), self.batch_size, shuffle=False, world=world))
 
+    def train_in_order(self) -> Batches | DataLoader:
+        """The whole training split in `batch_size` pieces, unshuffled, on every rank: for a pass that must not
+        move the training order on (BatchNorm statistics of averaged weights)."""
+        return self._batches("train", self.batch_size, shuffle=False)
+
     def train_dataloader(self) -> Batches | DataLoader:
         # Validation and test stay whole on every rank: small, and exact without gathering.
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

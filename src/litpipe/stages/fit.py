@@ -141,8 +141,8 @@ def write_results(
             "test_acc_in_fit": test_acc,
             "params": {"model": params.model.model_dump(), "optim": params.optim.model_dump()},
             "swa_start_epoch": swa_start,
-            # The average is first updated at the end of epoch swa_start and validated from the next epoch.
-            "checkpoint_is_averaged": best["epoch"] > swa_start,
+            # The average takes epoch swa_start's weights before that epoch's validation.
+            "checkpoint_is_averaged": best["epoch"] >= swa_start,
             "early_stopped": session.early_stopping.stopped_epoch > 0,
             **described,
         },
