@@ -17,10 +17,43 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """An integration test drives the real tools end to end: always in the slow tier."""
+    """An integration test drives the real tools end to end: always in the slow tier. Tests that share a costly
+    fixture (one of module or session scope: a pipeline run, a study, a server) run in one xdist worker, in
+    their order, so that it is built once: each connected set of them is an xdist_group."""
     for item in items:
         if item.get_closest_marker("integration") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+    for item, group in shared_fixture_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+CHEAP_SHARED = {"default_params"}  # shared fixtures that cost nothing to build twice
+
+
+def shared_fixture_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
+    """Each test that uses a costly shared fixture, with the name of its group: the tests linked through such
+    fixtures (a module-scoped fixture counts once per module)."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    def costly(definition) -> bool:  # ours (not pytest's, like tmp_path_factory), and shared
+        ours = definition.func.__module__.startswith("tests.") and definition.argname not in CHEAP_SHARED
+        return ours and definition.scope in ("module", "session")
+
+    grouped = {}
+    for item in items:
+        definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        used = [definitions[name][-1] for name in item.fixturenames if name in definitions]
+        shared = [f"{item.module.__name__ if d.scope == 'module' else 'session'}::{d.argname}" for d in used if costly(d)]
+        if shared:
+            grouped[item] = shared[0]
+            for key in shared[1:]:
+                parent[root(key)] = root(shared[0])
+    return {item: root(key) for item, key in grouped.items()}
 
 
 @pytest.hookimpl(wrapper=True)
