@@ -18,8 +18,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """An integration test drives the real tools end to end: always in the slow tier. Tests that share a costly
-    fixture (one of module or session scope: a pipeline run, a study, a server) run in one xdist worker, in
-    their order, so that it is built once: each connected set of them is an xdist_group."""
+    fixture run in one xdist worker (an xdist_group), so that it is built once (shared_fixture_groups)."""
     for item in items:
         if item.get_closest_marker("integration") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
@@ -31,8 +30,11 @@ CHEAP_SHARED = {"default_params"}  # shared fixtures that cost nothing to build 
 
 
 def shared_fixture_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
-    """Each test that uses a costly shared fixture, with the name of its group: the tests linked through such
-    fixtures (a module-scoped fixture counts once per module)."""
+    """Each test that uses a costly fixture of ours of module or session scope (a pipeline run, a study, a
+    server), with its group. The tests of a module that share its module fixtures are one group, whatever
+    session fixture they use too; the other tests of a session fixture (the default pipeline) are another. A
+    worker builds a session fixture once, so the default pipeline is built at most once per worker, and no
+    group grows to hold most of the suite, which would leave the other worker idle."""
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -48,11 +50,13 @@ def shared_fixture_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
     for item in items:
         definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         used = [definitions[name][-1] for name in item.fixturenames if name in definitions]
-        shared = [f"{item.module.__name__ if d.scope == 'module' else 'session'}::{d.argname}" for d in used if costly(d)]
-        if shared:
-            grouped[item] = shared[0]
-            for key in shared[1:]:
-                parent[root(key)] = root(shared[0])
+        used = [definition for definition in used if costly(definition)]
+        keys = [f"{item.module.__name__}::{d.argname}" for d in used if d.scope == "module"]
+        keys = keys or [f"session::{d.argname}" for d in used]
+        if keys:
+            grouped[item] = keys[0]
+            for key in keys[1:]:
+                parent[root(key)] = root(keys[0])
     return {item: root(key) for item, key in grouped.items()}
 
 
