@@ -18,6 +18,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from litpipe import imports
+from litpipe.config import WEIGHT_SUFFIXES
 from litpipe.dag import DVC_YAML, Stage, load, makes
 from litpipe.models import sources
 
@@ -31,7 +32,7 @@ def code_roots(stage: Stage, stages: dict[str, Stage], root: Path = Path()) -> l
     its other dependencies that no stage makes (the report's notebook), whose imports run too."""
     words = stage.cmd.split()
     roots = [root / CLI, root / STAGE_MODULES / f"{words[1]}.py"] if words[:1] == ["litpipe"] else []
-    for dep in hand_written(stage):
+    for dep in hand_written(stage, stages):
         if not any(makes(other, dep) for other in stages.values()):
             roots += imports.code_files(root / dep)
     return roots
@@ -45,16 +46,21 @@ def code_deps(stage: Stage, stages: dict[str, Stage], root: Path = Path()) -> li
     return [path.relative_to(root).as_posix() for path in [*found, *(n for n in networks if n not in found)]]
 
 
-def hand_written(stage: Stage) -> list[str]:
+def hand_written(stage: Stage, stages: dict[str, Stage]) -> list[str]:
     """The stage's dependencies that are not code `litpipe dag` writes: data, other stages' outputs, notebooks."""
-    return [dep for dep in stage.deps if not _is_code(stage, dep)]
+    return [dep for dep in stage.deps if not _is_code(stage, dep, stages)]
 
 
-def _is_code(stage: Stage, dep: str) -> bool:
-    """Code `litpipe dag` writes: the package's files, and any Python file a `litpipe` stage depends on (the
-    researcher's networks: its own code starts at the CLI, so nothing else there is code)."""
-    is_package = PurePosixPath(dep).is_relative_to(PurePosixPath(PACKAGE_DIR.as_posix()))
-    return is_package or (stage.cmd.split()[:1] == ["litpipe"] and dep.endswith(".py"))
+def _is_code(stage: Stage, dep: str, stages: dict[str, Stage]) -> bool:
+    """What `litpipe dag` writes: the package's files, and any Python file a `litpipe` stage depends on (the
+    researcher's networks: its own code starts at the CLI, so nothing else there is code) or file of weights
+    that no stage makes (`model.weights`; models/best.ckpt, which the fit makes, is data)."""
+    if PurePosixPath(dep).is_relative_to(PurePosixPath(PACKAGE_DIR.as_posix())):
+        return True
+    if stage.cmd.split()[:1] != ["litpipe"]:
+        return False
+    weights = dep.endswith(WEIGHT_SUFFIXES) and not any(makes(other, dep) for other in stages.values())
+    return dep.endswith(".py") or weights
 
 
 def drift(root: Path = Path()) -> list[str]:
@@ -62,7 +68,7 @@ def drift(root: Path = Path()) -> list[str]:
     problems = []
     stages = load(root / DVC_YAML)
     for stage in stages.values():
-        declared = {dep for dep in stage.deps if _is_code(stage, dep)}
+        declared = {dep for dep in stage.deps if _is_code(stage, dep, stages)}
         imported = set(code_deps(stage, stages, root))
         if declared != imported:
             missing, extra = sorted(imported - declared), sorted(declared - imported)
@@ -92,10 +98,10 @@ def write_code_deps(root: Path = Path()) -> list[str]:
             if not wanted:
                 continue
             spec["deps"] = deps = []
-        if [dep for dep in deps if _is_code(stages[name], str(dep))] == wanted:
+        if [dep for dep in deps if _is_code(stages[name], str(dep), stages)] == wanted:
             continue
         for index in reversed(range(len(deps))):
-            if _is_code(stages[name], str(deps[index])):
+            if _is_code(stages[name], str(deps[index]), stages):
                 del deps[index]
         deps.extend(wanted)
         changed.append(name)

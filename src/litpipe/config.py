@@ -47,10 +47,21 @@ class DataParams(Section):
         return name
 
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")  # a file of starting weights (models/weights.py)
+
+
 class ModelParams(Section):
     arch: str  # litpipe's, torchvision's or your own network (models/zoo.py); checked when a stage starts
     kwargs: dict[str, Any]  # its constructor's arguments, checked against its signature
     stem: Literal["auto", "small", "standard"]  # torchvision's CNNs: auto = small under 64 pixels
+    weights: str | None  # starting weights: a file of the repository, tracked by DVC (models/weights.py)
+
+    @field_validator("weights")
+    @classmethod
+    def weights_file(cls, weights: str | None) -> str | None:
+        if weights is not None and (not weights.endswith(WEIGHT_SUFFIXES) or Path(weights).is_absolute()):
+            raise ValueError(f"a {', '.join(WEIGHT_SUFFIXES)} file, relative to the repository root (got {weights!r})")
+        return weights
 
     @field_validator("arch")
     @classmethod
@@ -117,6 +128,7 @@ class TrainParams(Section):
     loader_workers: Count  # DataLoader worker processes on the loader path
     augment_flip: bool  # random horizontal flips of training images
     augment_crop: Annotated[int, Field(ge=0, le=1024)]  # random crops: pad by this many pixels, crop back
+    freeze_epochs: Count  # epochs that train only the head, on model.weights
 
     @model_validator(mode="after")
     def supported(self) -> "TrainParams":
@@ -252,6 +264,12 @@ class Params(Section):
             return Params.model_validate(tree)
         except ValidationError as error:
             raise ConfigError(describe(error)) from None
+
+    @model_validator(mode="after")
+    def freezing_has_weights(self) -> "Params":
+        if self.train.freeze_epochs and self.model.weights is None:
+            raise ValueError("train.freeze_epochs trains the head on model.weights, and model.weights is null")
+        return self
 
     @model_validator(mode="after")
     def space_is_valid(self) -> "Params":

@@ -19,6 +19,7 @@ from litpipe import paths
 from litpipe.config import Params
 from litpipe.errors import StageError
 from litpipe.models.augment import check_crop
+from litpipe.models import weights
 from litpipe.models.classifier import MONITOR, Classifier
 from litpipe.observe import wandb
 from litpipe.observe.monitors import Monitors, monitors
@@ -39,9 +40,10 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> Classifier:
-    """The configured model for the prepared data; its network compiled when train.compile is on. Its
-    training images are augmented as train.augment_* say, unless not `augment`: the sanity overfit check
-    must memorise its one fixed batch as it is, and the LR finder measures the plain model's loss curve."""
+    """The configured model for the prepared data, starting from model.weights when set (models/weights.py); its
+    network compiled when train.compile is on. Its training images are augmented as train.augment_* say, unless
+    not `augment`: the sanity overfit check must memorise its one fixed batch as it is, and the LR finder
+    measures the plain model's loss curve."""
     check_crop(params.train.augment_crop, meta["input_shape"])  # in every stage, the ones without crops too
     model = Classifier(
         arch=params.model.arch,
@@ -65,6 +67,8 @@ def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> C
         augment_flip=augment and params.train.augment_flip,
         augment_crop=params.train.augment_crop if augment else 0,
     )
+    if params.model.weights:
+        weights.load_into(model.net, params.model.weights)
     if params.train.compile:
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
     return model
@@ -253,11 +257,12 @@ def assemble(
     history = History(label)
     early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
     observers = monitors(params, probe)
+    freezing = [weights.FreezeBackbone(params.train.freeze_epochs)] if params.train.freeze_epochs else []
     trainer = make_trainer(
         params,
         distributed=distributed,
         max_epochs=max_epochs,
-        callbacks=[history, early_stopping, *observers, *callbacks],
+        callbacks=[*freezing, history, early_stopping, *observers, *callbacks],
         logger=[tensorboard, *extra],
         **trainer_options,
     )

@@ -1,4 +1,4 @@
-"""The files of a researcher's own networks, and whether dvc.yaml tracks them.
+"""The files of a researcher's own networks (and of their starting weights), and whether dvc.yaml tracks them.
 
 `model.arch` may name a module of the repository (`package.module:Class`, `path/file.py:Class`). Every stage
 that builds networks (its code imports models/zoo.py) depends on that file and on the repository's files it
@@ -9,6 +9,7 @@ to start while dvc.yaml does not list them, since editing them would then re-run
 from pathlib import Path
 
 from litpipe import imports
+from litpipe.config import WEIGHT_SUFFIXES
 from litpipe.dag import DVC_YAML, load
 from litpipe.paths import PARAMS
 from litpipe.yaml12 import read_yaml
@@ -17,23 +18,35 @@ ZOO = imports.SOURCE / imports.PACKAGE / "models" / "zoo.py"  # a stage whose co
 
 
 def network_deps(root: Path = Path()) -> list[Path]:
-    """The researcher's network code that params.yaml names, as files: each network's file, the repository's
-    files it imports (followed to the end) and the package files it imports."""
+    """The researcher's network that params.yaml names, as files: each network's file, the repository's files
+    it imports (followed to the end), the package files it imports, and the file of starting weights."""
     roots = network_files(root)
     own = imports.closure(roots, root, package=None)
-    return sorted({*own, *imports.closure(roots, root / imports.SOURCE)})
+    return sorted({*own, *imports.closure(roots, root / imports.SOURCE), *weights_file(root)})
+
+
+def weights_file(root: Path = Path()) -> list[Path]:
+    """params.yaml's `model.weights`, when it names a file that is there."""
+    model = _raw_params(root).get("model")
+    weights = model.get("weights") if isinstance(model, dict) else None
+    path = root / weights if isinstance(weights, str) and weights.endswith(WEIGHT_SUFFIXES) else None
+    return [path] if path is not None and path.is_file() else []
+
+
+def _raw_params(root: Path) -> dict:
+    """params.yaml as plain YAML, or {} when it is unusable (every stage refuses it before any work anyway)."""
+    try:
+        raw = read_yaml((root / PARAMS).read_text())
+    except Exception:  # noqa: BLE001
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def network_files(root: Path = Path()) -> list[Path]:
     """The files defining the own networks params.yaml names (`package.module:Class`, `path/file.py:Class`):
     `model.arch`, and each `model.arch` in search.space when the search is on. Read as plain YAML: `litpipe dag`
     runs on any params.yaml, and a module outside the repository (installed) is pinned by the environment."""
-    try:
-        raw = read_yaml((root / PARAMS).read_text())
-    except Exception:  # noqa: BLE001  (params.yaml unusable: every stage refuses it before any work anyway)
-        return []
-    if not isinstance(raw, dict):
-        return []
+    raw = _raw_params(root)
     model, search = (raw.get(key) if isinstance(raw.get(key), dict) else {} for key in ("model", "search"))
     archs = [model.get("arch")]
     if search.get("enabled") is True and isinstance(search.get("space"), dict):

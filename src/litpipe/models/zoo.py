@@ -28,6 +28,7 @@ import torch
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
+from litpipe.config import WEIGHT_SUFFIXES
 from litpipe.errors import ConfigError
 from litpipe.models import sources
 from litpipe.models.networks import NETWORKS
@@ -82,12 +83,15 @@ def check_params(params: "Params") -> None:
         for key, ends in searched.items():
             for value in ends[1:]:
                 check(arch, {**values, key: value}, params.model.stem)
+    if params.model.weights and not Path(params.model.weights).is_file():
+        raise ConfigError(f"model.weights: {params.model.weights} not found (a file of the repository, tracked by DVC)")
     # DVC and Snakemake re-run a stage when a file among its deps changes: a network file dvc.yaml does not
     # list could be edited without effect, and the cache would serve results of the old network.
     untracked = sources.untracked_networks()
     if untracked:
+        key = "model.weights" if all(name.endswith(WEIGHT_SUFFIXES) for name in untracked) else "model.arch"
         raise ConfigError(
-            f"model.arch: dvc.yaml does not list {', '.join(untracked)} among the deps of the stages that build "
+            f"{key}: dvc.yaml does not list {', '.join(untracked)} among the deps of the stages that build "
             "the network, so editing it would re-run nothing; run `litpipe dag --write`"
         )
 
