@@ -245,9 +245,13 @@ def test_profiler_on_three_batches_writes_a_training_trace_and_an_op_table(digit
     events = json.loads((paths.PROFILE_DIR / "training_step.pt.trace.json").read_text())["traceEvents"]
     names = {event.get("name", "") for event in events}
     assert any("training_step" in name for name in names)
-    assert any(name.startswith("Optimizer.step") for name in names)
+    assert any(name.startswith("Optimizer.step") for name in names) and "aten::addmm" in names
     assert (paths.PROFILE_DIR / "fit-profile.txt").read_text() == operations
-    assert "CPU total" in operations and "aten::addmm" in operations and "Optimizer.step" in operations
+    # The table: the 20 operations that took the most CPU time (which ones depends on the machine's load, so
+    # the operations themselves are checked in the trace above), then the total.
+    assert "CPU total" in operations and "Self CPU time total" in operations
+    rows = [line for line in operations.splitlines() if line.startswith(("aten::", "Optimizer.", "[pl][", "cudaM"))]
+    assert 1 <= len(rows) <= 20, operations
 
 
 def test_progress_bar_only_on_a_terminal(digits, monkeypatch):
