@@ -123,7 +123,7 @@ FAST = {
     "sanity.overfit_epochs": 60,
     "lr_find.num_training": 20,
     "search.max_epochs": 3,
-    "search.space": {"model.kwargs.width": [32, 64]},
+    "search.space": {"model.kwargs.mlp.width": [32, 64]},
 }
 
 
@@ -336,11 +336,11 @@ def write_network(repo: Path) -> None:
 
 
 def use_network(repo: Path, arch: str = "nets/small.py:SmallResNet", searched: list[str] | None = None) -> None:
-    """params.yaml trains `arch` with two arguments of its own (the search varies its channels, or the network
-    among `searched`); its comments and every other line stay."""
+    """params.yaml trains `arch` (SmallResNet, however it is named) with two arguments of its own (the search
+    varies its channels, and the network among `searched`); its comments and every other line stay."""
     path = repo / "params.yaml"
     text = re.sub(r"(?m)^  arch: \S+", f"  arch: {arch}", path.read_text(), count=1)
-    text = re.sub(r"(?m)^  kwargs:.*\n(    .*\n)+", "  kwargs:\n    channels: 8\n    blocks: 1\n", text, count=1)
-    space = "    model.kwargs.channels: [8, 16]\n" + (f"    model.arch: [{', '.join(searched)}]\n" if searched else "")
+    text = re.sub(r"(?m)^  kwargs:.*\n", lambda m: f"{m[0]}    SmallResNet:\n      channels: 8\n      blocks: 1\n", text, count=1)
+    space = "    model.kwargs.SmallResNet.channels: [8, 16]\n" + (f"    model.arch: [{', '.join(searched)}]\n" if searched else "")
     text = re.sub(r"(?m)^  space:(.*)\n(    .*\n)+", lambda m: f"  space:{m[1]}\n{space}", text, count=1)
     path.write_text(text)

@@ -62,7 +62,7 @@ def test_the_analysis_of_a_trained_model_matches_scikit_learn(digits):
     """A two-epoch model of 16 units, analysed by the stage; its files checked against the checkpoint
     evaluated here."""
     write_json(paths.SEARCH_BEST, {"params": {}})
-    params = digits.override({"train.max_epochs": 2, "model.kwargs.width": 16, "train.accelerator": "cpu"})
+    params = digits.override({"train.max_epochs": 2, "model.kwargs.mlp.width": 16, "train.accelerator": "cpu"})
     fit.run(params)
     analyze.run(params)
 
@@ -96,7 +96,7 @@ def test_the_pca_shows_each_block_or_named_layer_with_maps_pooled_per_channel(di
     params = digits.override(
         {
             "model.arch": "nets/small.py:SmallResNet",
-            "model.kwargs": {"channels": 8, "blocks": 1},
+            "model.kwargs.SmallResNet": {"channels": 8, "blocks": 1},
             "train.max_epochs": 2,
             "analyze.layers": layers,
         }

@@ -30,7 +30,7 @@ def modified(params: dict, section: str, key: str, value: object) -> dict:
 def test_repository_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.data.dataset == "digits"
-    assert len(search_space.grid(params.search.dimensions())) >= 2
+    assert len(search_space.grid(params.search.dimensions(), params.model.arch)) >= 2
 
 
 @pytest.mark.parametrize(
@@ -44,6 +44,9 @@ def test_repository_params_are_valid():
         ("model", "arch", "nets.py:", "model.arch: a network's name, or package.module:Class"),
         ("model", "arch", 7, "model.arch: input should be a valid string (got 7)"),
         ("model", "kwargs", [256, 2], "model.kwargs: input should be a valid dictionary"),
+        # One network's arguments written straight under model.kwargs, as before they were per network.
+        ("model", "kwargs", {"width": 256}, "model.kwargs: width: 256 is not a mapping; each network's arguments go under its name, e.g. model.kwargs.mlp.width"),
+        ("model", "kwargs", {"mlp": {"hidden-units": 8}}, "model.kwargs: mlp.'hidden-units' is not an argument name"),
         ("model", "stem", "tiny", "model.stem: input should be 'auto', 'small' or 'standard'"),
         (
             "data",
@@ -135,7 +138,7 @@ def test_override_validates_like_the_file(default_params):
 
 
 def test_grid_is_every_combination_once():
-    grid = search_space.grid(search_space.parse({"model.kwargs.width": [8, 16, 32], "model.kwargs.dropout": [0.0, 0.5]}))
+    grid = search_space.grid(search_space.parse({"model.kwargs.mlp.width": [8, 16, 32], "model.kwargs.mlp.dropout": [0.0, 0.5]}), "mlp")
     assert len(grid) == 6
     assert len({tuple(sorted(point.items())) for point in grid}) == 6
 
@@ -192,7 +195,7 @@ def test_a_search_key_that_trials_ignore_is_refused_in_one_line(tmp_path, defaul
     """A trial trains search.max_epochs epochs, on one device, without weight averaging, on the data its worker
     loaded once: searching a key it ignores would run identical trials. Refused before any work, exit 2."""
     params = copy.deepcopy(default_params)
-    params["search"]["space"] = {"model.kwargs.width": [16, 32], key: values}
+    params["search"]["space"] = {"model.kwargs.mlp.width": [16, 32], key: values}
     write(tmp_path, params)
     result = subprocess.run(["litpipe", "search"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
@@ -208,4 +211,4 @@ def test_train_keys_that_trials_use_can_be_searched(default_params):
         "train.gradient_clip_val": [0.5, 1.0],
         "train.augment_flip": [False, True],
     }
-    assert len(search_space.grid(Params.model_validate(params).search.dimensions())) == 16
+    assert len(search_space.grid(Params.model_validate(params).search.dimensions(), "mlp")) == 16

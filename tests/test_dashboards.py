@@ -17,7 +17,7 @@ from litpipe.search.study import next_trial, setup
 from .helpers import require_tool, tool_env, wait_until
 from .test_faults import readme_server_commands
 
-SPACE = {"model.kwargs.width": [32, 64], "model.kwargs.depth": [1, 2]}  # four grid points: four trials, no lr_find needed
+SPACE = {"model.kwargs.mlp.width": [32, 64], "model.kwargs.mlp.depth": [1, 2]}  # four grid points: four trials, no lr_find needed
 SQLITE = "sqlite:///results/search/study.db"
 
 
@@ -37,8 +37,8 @@ def finished_search(params: Params) -> dict[str, dict]:
     take its points): every point completed with a made-up loss. Returns each trial's params by number."""
     study = setup(params)
     while (trial := next_trial(study, params, stop=lambda: False)) is not None:
-        chosen = search_space.suggest(trial, params.search.dimensions(), None)
-        study.tell(trial, 1.0 / (chosen["model.kwargs.width"] * chosen["model.kwargs.depth"]))
+        chosen = search_space.suggest(trial, params.search.dimensions(), None, params.model.arch)
+        study.tell(trial, 1.0 / (chosen["model.kwargs.mlp.width"] * chosen["model.kwargs.mlp.depth"]))
     return {"name": study.study_name, "trials": {t.number: t.params for t in study.trials}}
 
 

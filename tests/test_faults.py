@@ -88,17 +88,17 @@ BAD_PARAMS = {
     "infinite weight decay": ("  weight_decay: 0.0001", "  weight_decay: .inf", "optim.weight_decay: input should be a finite number"),
     "nan clipping": ("  gradient_clip_val: 1.0", "  gradient_clip_val: .nan", "train.gradient_clip_val: input should be a finite number"),
     "infinite lr range": ("  max_lr: 1.0", "  max_lr: .inf", "lr_find.max_lr: input should be a finite number"),
-    "infinite search value": ("    model.kwargs.dropout: [0.1, 0.3]", "    model.kwargs.dropout: [0.1, .inf]", "search.space.model.kwargs.dropout"),
-    "infinite search range": ("    model.kwargs.dropout: [0.1, 0.3]", "    model.kwargs.dropout: {low: 0.1, high: .inf}", "search.space.model.kwargs.dropout"),
+    "infinite search value": ("    model.kwargs.mlp.dropout: [0.1, 0.3]", "    model.kwargs.mlp.dropout: [0.1, .inf]", "search.space.model.kwargs.mlp.dropout"),
+    "infinite search range": ("    model.kwargs.mlp.dropout: [0.1, 0.3]", "    model.kwargs.mlp.dropout: {low: 0.1, high: .inf}", "search.space.model.kwargs.mlp.dropout"),
     "seed beyond 2**32": ("\nseed: 0\n", "\nseed: 1180591620717411303424\n", "seed: input should be less than or equal to 4294967295"),
     "negative split seed": ("  split_seed: 0", "  split_seed: -1", "data.split_seed: input should be greater than or equal to 0"),
     "count beyond a C int": ("  max_epochs: 60", "  max_epochs: 99999999999", "train.max_epochs: input should be less than or equal to 2147483647"),
     "fraction out of range": ("  val_fraction: 0.15", "  val_fraction: 1.0", "data.val_fraction: input should be less than 1"),
     "misspelt key": ("  stem: auto", "  steam: auto", "model.steam: unknown key (did you mean stem?)"),
     "unknown section": ("report:\n", "reprot:\n", "reprot: unknown key"),
-    "misspelt search key": ("    model.kwargs.width: [128, 512]", "    model.widht: [128, 512]", "search.space: unknown key 'model.widht'"),
-    "misspelt range key": ("    model.kwargs.dropout: [0.1, 0.3]", "    model.kwargs.dropout: {low: 0.1, hihg: 0.3}", "unknown key 'hihg'"),
-    "duplicate key": ("    width: 256", "    width: 256\n    width: 512", "model.kwargs.width is written twice"),
+    "misspelt search key": ("    model.kwargs.mlp.width: [128, 512]", "    model.widht: [128, 512]", "search.space: unknown key 'model.widht'"),
+    "misspelt range key": ("    model.kwargs.mlp.dropout: [0.1, 0.3]", "    model.kwargs.mlp.dropout: {low: 0.1, hihg: 0.3}", "unknown key 'hihg'"),
+    "duplicate key": ("      width: 256", "      width: 256\n      width: 512", "model.kwargs.mlp.width is written twice"),
     "duplicate top-level key": ("\nseed: 0\n", "\nseed: 0\nseed: 1\n", "seed is written twice"),
     "no such option": ("  stem: auto", "  stem: tiny", "model.stem: input should be 'auto', 'small' or 'standard'"),
     "no such sampler": ("  sampler: grid", "  sampler: bayes", "search.sampler: input should be 'grid', 'random' or 'tpe'"),
@@ -150,7 +150,7 @@ def test_invalid_params_exit_2_naming_the_key_and_touch_nothing(prepared, tmp_pa
 # model.arch and model.kwargs, checked against the network's constructor by each stage that builds one
 # (params.yaml's network and each one search.space offers), before any work; the other cases in test_zoo.py, and a misspelt argument in test_docs.py (the README's).
 BAD_NETWORKS = {
-    "searched network unknown": ("    model.kwargs.width: [128, 512]", "    model.arch: [mlp, resnett18]", "model.arch: unknown network 'resnett18' (did you mean resnet18?)"),
+    "searched network unknown": ("    model.kwargs.mlp.width: [128, 512]", "    model.arch: [mlp, resnett18]", "model.arch: unknown network 'resnett18' (did you mean resnet18?)"),
 }  # fmt: skip
 
 
@@ -548,7 +548,7 @@ def inject_markup(repo: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     best_path = repo / "results/search/best.json"
     best = json.loads(best_path.read_text())
-    best["params"]["model.kwargs.width"] = SEARCHED_VALUE
+    best["params"]["model.kwargs.mlp.width"] = SEARCHED_VALUE
     best_path.write_text(json.dumps(best))
     trials_path = repo / "results/search/trials.csv"
     with trials_path.open(newline="") as file:
@@ -766,7 +766,7 @@ def test_unreachable_study_database_stops_search_with_one_line(workspace, storag
     search_dir = Path("results/search")
     search_dir.mkdir(parents=True)
     (search_dir / "trials.csv").write_text("number,value,state\n0,0.25,COMPLETE\n")
-    (search_dir / "best.json").write_text('{"params": {"model.kwargs.width": 64}}')
+    (search_dir / "best.json").write_text('{"params": {"model.kwargs.mlp.width": 64}}')
     (search_dir / "history.png").write_bytes(b"an earlier plot")
     before = {path: path.read_bytes() for path in sorted(search_dir.rglob("*"))}
     result = run(["litpipe", "search"], Path.cwd(), check=False, timeout=300)

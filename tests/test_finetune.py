@@ -91,7 +91,7 @@ def test_a_fit_starts_from_a_litpipe_checkpoint_and_freezing_trains_only_the_hea
     """A first fit's checkpoint as the weights of two more: three epochs all frozen keep every hidden layer
     exactly as loaded and train the head; one frozen epoch of three trains the hidden layers too."""
     write_json(paths.SEARCH_BEST, {"params": {}})
-    base = {"model.kwargs.width": 16, "train.max_epochs": 3, "train.early_stopping_patience": 50}
+    base = {"model.kwargs.mlp.width": 16, "train.max_epochs": 3, "train.early_stopping_patience": 50}
     fit.run(digits.override(base))
     shutil.copy(paths.BEST_CKPT, "start.ckpt")  # in the workspace: model.weights is relative to it
     start = net_tensors("start.ckpt")

@@ -40,7 +40,7 @@ def test_classifier_normalises_raw_uint8_images(digits):
 def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits, arch):
     # Averaging from the second epoch, and early stopping cannot end training before it.
     params = digits.override(
-        {"model.arch": arch, "model.kwargs.width": 16, "train.max_epochs": 8, "train.swa_epoch_start": 0.25}
+        {"model.arch": arch, f"model.kwargs.{arch}.width": 16, "train.max_epochs": 8, "train.swa_epoch_start": 0.25}
     )
     write_json(paths.SEARCH / "best.json", {"params": {}})
     fit.run(params)

@@ -32,7 +32,7 @@ from .helpers import ROOT, STAGES, require_module, require_tool, tool_env
 def documented_hparams_tab(params: dict) -> tuple[set[str], list[str]]:
     """The HPARAMS tab's hyperparameter and metric columns as the README (or a page of docs/) describes them:
     `section.*` stands for every param of that params.yaml section (`params`, the raw YAML), dotted to its leaves
-    as `dvc exp show` names them (`model.kwargs.width`)."""
+    as `dvc exp show` names them (`model.kwargs.mlp.width`)."""
 
     def leaves(tree, prefix):
         if not isinstance(tree, dict):
@@ -165,7 +165,7 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
 
 def hidden_layers(repo) -> list[str]:
     """The hidden blocks of the fitted model: as many as the depth the search chose."""
-    depth = json.loads((repo / "results/fit/summary.json").read_text())["params"]["model"]["kwargs"]["depth"]
+    depth = json.loads((repo / "results/fit/summary.json").read_text())["params"]["model"]["kwargs"]["mlp"]["depth"]
     return [f"hidden{i}" for i in range(1, depth + 1)]
 
 

@@ -182,7 +182,7 @@ def test_averaged_weights_are_validated_with_their_own_batch_norm_statistics(dig
     params = digits.override(
         {
             "model.arch": "nets/small.py:SmallResNet",
-            "model.kwargs": {"channels": 8, "blocks": 1},
+            "model.kwargs.SmallResNet": {"channels": 8, "blocks": 1},
             "train.max_epochs": 5,
             "train.swa_epoch_start": 0.4,  # epoch 1 (from 0)
             "train.early_stopping_patience": 50,

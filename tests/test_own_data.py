@@ -198,8 +198,8 @@ def test_a_split_larger_than_the_memory_limit_streams_through_the_loader(tmp_pat
         {
             "data.dataset": "synthetic_mnist",
             "data.image_size": 224,
-            "model.kwargs.width": 16,
-            "model.kwargs.depth": 1,
+            "model.kwargs.mlp.width": 16,
+            "model.kwargs.mlp.depth": 1,
             "train.batch_size": 512,
             "train.steps_per_call": 1,
             "train.max_epochs": 1,

@@ -22,7 +22,7 @@ from litpipe.search import space as search_space
 
 from .helpers import freeze_a_worker_mid_trial, missing, tool_env
 
-GRID_12 = {"model.kwargs.width": [8, 16, 32], "model.kwargs.dropout": [0.0, 0.1], "model.kwargs.depth": [1, 2]}
+GRID_12 = {"model.kwargs.mlp.width": [8, 16, 32], "model.kwargs.mlp.dropout": [0.0, 0.1], "model.kwargs.mlp.depth": [1, 2]}
 
 
 def settings(**search: object) -> dict:
@@ -62,38 +62,72 @@ def point(row: dict) -> tuple:
 def test_space_kinds_parse():
     dims = search_space.parse(
         {
-            "model.kwargs.width": [64, 128],
-            "model.kwargs.depth": {"low": 1, "high": 3},
+            "model.kwargs.mlp.width": [64, 128],
+            "model.kwargs.mlp.depth": {"low": 1, "high": 3},
             "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
             "optim.lr": {"lr_find": [0.3, 1, 3]},
         }
     )
-    assert dims["model.kwargs.width"] == search_space.Categorical((64, 128))
-    assert dims["model.kwargs.depth"].integer and not dims["optim.weight_decay"].integer
+    assert dims["model.kwargs.mlp.width"] == search_space.Categorical((64, 128))
+    assert dims["model.kwargs.mlp.depth"].integer and not dims["optim.weight_decay"].integer
     assert dims["optim.lr"] == search_space.LrFindMultiples((0.3, 1.0, 3.0))
     with pytest.raises(ValueError, match="grid sampler needs a list"):
-        search_space.grid(dims)
-    grid = search_space.grid({k: v for k, v in dims.items() if k in ("model.kwargs.width", "optim.lr")})
-    assert len(grid) == 6 and {"model.kwargs.width", "optim.lr@lr_find"} == set(grid[0])
+        search_space.grid(dims, "mlp")
+    grid = search_space.grid({k: v for k, v in dims.items() if k in ("model.kwargs.mlp.width", "optim.lr")}, "mlp")
+    assert len(grid) == 6 and {"model.kwargs.mlp.width", "optim.lr@lr_find"} == set(grid[0])
+
+
+PER_NETWORK = {
+    "model.arch": ["mlp", "cnn"],
+    "model.kwargs.mlp.width": [8, 16],
+    "model.kwargs.mlp.depth": [1, 2],
+    "model.kwargs.cnn.width": [4, 8],
+    "model.kwargs.SmallResNet.channels": [4],  # a network neither trial trains
+}
+
+
+def test_a_networks_arguments_are_searched_with_that_network_only():
+    """The grid is each network with its own points (4 of the mlp's, 2 of the cnn's), not their product (16);
+    a sampler asks a trial for the arguments of the network it drew, and of no other."""
+    dims = search_space.parse(PER_NETWORK)
+    grid = search_space.grid(dims, "mlp")
+    assert len(grid) == 6 and len({tuple(sorted(p.items())) for p in grid}) == 6
+    for point in grid:
+        assert {search_space.network_of(k) for k in point} == {None, point["model.arch"]}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        chosen = search_space.suggest(trial, dims, None, "mlp")
+        assert chosen == trial.params and {search_space.network_of(k) for k in chosen} == {None, chosen["model.arch"]}
+        study.tell(trial, 0.0)
+    assert {t.params["model.arch"] for t in study.trials} == {"mlp", "cnn"}
+
+
+def test_without_the_network_in_the_space_only_its_own_arguments_apply():
+    dims = search_space.parse({k: v for k, v in PER_NETWORK.items() if k != "model.arch"} | {"optim.lr": [0.1]})
+    assert set(search_space.applying(dims, "cnn")) == {"model.kwargs.cnn.width", "optim.lr"}
+    assert [sorted(p) for p in search_space.grid(dims, "cnn")] == [["model.kwargs.cnn.width", "optim.lr"]] * 2
+    assert set(search_space.applying(dims, "nets/small.py:SmallResNet")) == {"model.kwargs.SmallResNet.channels", "optim.lr"}
+    assert search_space.applying(search_space.parse({"model.kwargs.mlp.width": [8]}), "resnet18") == {}
 
 
 @pytest.mark.parametrize(
     ("search", "message"),
     [
         (
-            {"space": {"model.kwargs.dropout": {"low": 0.0, "high": 0.5}}},
-            "search.space.model.kwargs.dropout: the grid sampler needs a list",
+            {"space": {"model.kwargs.mlp.dropout": {"low": 0.0, "high": 0.5}}},
+            "search.space.model.kwargs.mlp.dropout: the grid sampler needs a list",
         ),
         (
-            {"space": {"model.kwargs.width": {"lr_find": [1]}}},
-            "search.space.model.kwargs.width: lr_find multiples apply to optim.lr only",
+            {"space": {"model.kwargs.mlp.width": {"lr_find": [1]}}},
+            "search.space.model.kwargs.mlp.width: lr_find multiples apply to optim.lr only",
         ),
-        ({"space": {"model.kwargs.width": {"low": 8}}}, "search.space.model.kwargs.width: a range needs low and high"),
+        ({"space": {"model.kwargs.mlp.width": {"low": 8}}}, "search.space.model.kwargs.mlp.width: a range needs low and high"),
         (
-            {"space": {"model.kwargs.width": [8, 16], "model.kwargs.depth": "1"}},
-            "search.space.model.kwargs.depth: expected a list of values",
+            {"space": {"model.kwargs.mlp.width": [8, 16], "model.kwargs.mlp.depth": "1"}},
+            "search.space.model.kwargs.mlp.depth: expected a list of values",
         ),
-        ({"space": {"model.kwargs.dropout": {"low": 0.5, "high": 0.1}}, "sampler": "tpe"}, "low < high"),
+        ({"space": {"model.kwargs.mlp.dropout": {"low": 0.5, "high": 0.1}}, "sampler": "tpe"}, "low < high"),
         ({"space": {"optim.weight_decay": [0.1, -1.0]}}, "search.space.optim.weight_decay: value -1.0"),
         ({"storage": "sqlite:///study.db", "n_workers": 2}, "SQLite cannot be shared by parallel workers"),
         ({"storage": "postgres"}, "search.storage: 'journal' or a database URL"),
@@ -117,14 +151,14 @@ def test_of_trials_that_tie_the_earliest_is_the_best(tmp_path, monkeypatch):
     widths = optuna.distributions.CategoricalDistribution([8, 16, 32])
     study = optuna.create_study(direction="minimize")
     for width, loss in ((32, 0.5), (8, 0.25), (16, 0.25)):
-        attrs = {"params": {"model.kwargs.width": width}, "val_acc": 0.9, "best_epoch": 2}
+        attrs = {"params": {"model.kwargs.mlp.width": width}, "val_acc": 0.9, "best_epoch": 2}
         study.add_trial(
             optuna.trial.create_trial(
-                params={"model.kwargs.width": width}, distributions={"model.kwargs.width": widths}, value=loss, user_attrs=attrs
+                params={"model.kwargs.mlp.width": width}, distributions={"model.kwargs.mlp.width": widths}, value=loss, user_attrs=attrs
             )
         )
     best = outputs.write(study)
-    assert (best["trial"], best["params"], best["value"]) == (1, {"model.kwargs.width": 8}, 0.25)
+    assert (best["trial"], best["params"], best["value"]) == (1, {"model.kwargs.mlp.width": 8}, 0.25)
     assert json.loads(Path("results/search/best.json").read_text())["trial"] == 1
 
 
@@ -221,7 +255,7 @@ def test_pruning_shows_in_the_trials_table(workspace, pruner):
     # Widest first: the narrow nets that follow fall behind early and get pruned.
     workspace(
         settings(
-            space={"model.kwargs.width": [128, 64, 32, 16, 4, 2]},
+            space={"model.kwargs.mlp.width": [128, 64, 32, 16, 4, 2]},
             pruner=pruner,
             pruner_startup_trials=1,
             pruner_warmup_epochs=1,
@@ -232,7 +266,7 @@ def test_pruning_shows_in_the_trials_table(workspace, pruner):
     rows = trials()
     states = [row["state"] for row in rows]
     assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states
-    assert all(row["params_model.kwargs.width"] != "2" for row in rows if row["state"] == "COMPLETE")
+    assert all(row["params_model.kwargs.mlp.width"] != "2" for row in rows if row["state"] == "COMPLETE")
 
 
 @pytest.mark.slow
@@ -241,7 +275,7 @@ def test_hyperband_runs_and_prunes(workspace):
     so that the trials run in order: the narrow nets that follow the widest fall behind and are pruned."""
     workspace(
         settings(
-            space={"model.kwargs.width": [128, 64, 32, 16, 4, 2]},
+            space={"model.kwargs.mlp.width": [128, 64, 32, 16, 4, 2]},
             pruner="hyperband",
             pruner_warmup_epochs=1,
             max_epochs=15,
@@ -251,7 +285,7 @@ def test_hyperband_runs_and_prunes(workspace):
     states = [row["state"] for row in trials()]
     assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states, states
     best = json.loads(Path("results/search/best.json").read_text())
-    assert best["states"]["PRUNED"] == states.count("PRUNED") and best["params"]["model.kwargs.width"] != 2
+    assert best["states"]["PRUNED"] == states.count("PRUNED") and best["params"]["model.kwargs.mlp.width"] != 2
 
 
 def studies() -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -265,7 +299,7 @@ def studies() -> dict[str, list[optuna.trial.FrozenTrial]]:
 
 @pytest.mark.slow
 def test_raising_n_trials_continues_the_study_and_a_changed_setting_starts_another(workspace):
-    space = {"model.kwargs.width": {"low": 8, "high": 64, "step": 8}, "model.kwargs.dropout": {"low": 0.0, "high": 0.5}}
+    space = {"model.kwargs.mlp.width": {"low": 8, "high": 64, "step": 8}, "model.kwargs.mlp.dropout": {"low": 0.0, "high": 0.5}}
     workspace(settings(sampler="random", n_trials=2, max_epochs=1, space=space))
     litpipe("search")
     ((name, first),) = studies().items()
@@ -294,8 +328,8 @@ def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
             sampler=sampler,
             n_trials=4,
             space={
-                "model.kwargs.width": {"low": 8, "high": 64, "step": 8},
-                "model.kwargs.dropout": {"low": 0.0, "high": 0.5},
+                "model.kwargs.mlp.width": {"low": 8, "high": 64, "step": 8},
+                "model.kwargs.mlp.dropout": {"low": 0.0, "high": 0.5},
                 "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
             },
         )
@@ -304,8 +338,8 @@ def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
     rows = trials()
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
     for row in rows:
-        assert int(row["params_model.kwargs.width"]) % 8 == 0 and 8 <= int(row["params_model.kwargs.width"]) <= 64
-        assert 0 <= float(row["params_model.kwargs.dropout"]) <= 0.5
+        assert int(row["params_model.kwargs.mlp.width"]) % 8 == 0 and 8 <= int(row["params_model.kwargs.mlp.width"]) <= 64
+        assert 0 <= float(row["params_model.kwargs.mlp.dropout"]) <= 0.5
         assert 1e-6 <= float(row["params_optim.weight_decay"]) <= 1e-2
 
 
@@ -327,8 +361,47 @@ def test_learning_rate_as_multiples_of_the_lr_finder_suggestion_for_each_optimis
 
 
 @pytest.mark.slow
+def test_a_search_over_networks_trains_each_with_its_own_arguments(workspace):
+    space = {"model.arch": ["mlp", "cnn"], "model.kwargs.mlp.width": [8, 16], "model.kwargs.cnn.width": [4]}
+    workspace(settings(space=space))
+    litpipe("search")
+    rows = trials()
+    assert {row["state"] for row in rows} == {"COMPLETE"}
+    chosen = sorted(
+        (row["params_model.arch"], row["params_model.kwargs.mlp.width"], row["params_model.kwargs.cnn.width"])
+        for row in rows
+    )
+    assert chosen == [("cnn", "", "4"), ("mlp", "16", ""), ("mlp", "8", "")]  # empty: not a parameter of that trial
+    best = json.loads(Path("results/search/best.json").read_text())
+    network = best["params"]["model.arch"]
+    assert {search_space.network_of(key) for key in best["params"]} == {None, network}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"model.arch": "cnn"}, "search.space holds no key for cnn, only other networks' arguments"),
+        ({"search.enabled": False}, "search.enabled is false"),
+    ],
+)
+def test_a_search_with_nothing_to_vary_trains_nothing_whole_or_in_parts(workspace, changes, said):
+    """The space is the mlp's and the network the cnn (`dvc exp run -S model.arch=cnn`), or the search is off:
+    every trial would train the same network. The stage, and each of the parts a cluster runs as jobs, trains
+    nothing and writes outputs that say why; the fit then uses params.yaml."""
+    workspace({**settings(space={"model.kwargs.mlp.width": [8, 16]}), **changes})
+    for parts in ([[]], [["--part", "setup"], ["--part", "worker", "--worker", "0"], ["--part", "collect"]]):
+        shutil.rmtree("results/search", ignore_errors=True)
+        output = "".join(litpipe("search", *part).stdout for part in parts)
+        assert output.count(f"{said}: fit will use the values in params.yaml") == 1
+        assert json.loads(Path("results/search/best.json").read_text()) == {"enabled": False, "params": {}}
+        assert trials() == [] and Path("results/search/study.journal").stat().st_size == 0
+        assert not Path("tb/search").exists() or list(Path("tb/search").iterdir()) == [Path("tb/search/summary")]
+
+
+@pytest.mark.slow
 def test_rerunning_a_finished_study_runs_nothing(workspace):
-    workspace(settings(space={"model.kwargs.width": [8, 16]}))
+    workspace(settings(space={"model.kwargs.mlp.width": [8, 16]}))
     litpipe("search")
     first = trials()
     output = litpipe("search").stdout
@@ -376,7 +449,7 @@ def postgres():
 
 @pytest.mark.slow
 def test_postgresql_study_with_3_workers_loses_nothing(workspace, postgres):
-    space = {"model.kwargs.width": [8, 16, 32], "model.kwargs.dropout": [0.0, 0.1]}
+    space = {"model.kwargs.mlp.width": [8, 16, 32], "model.kwargs.mlp.dropout": [0.0, 0.1]}
     workspace(settings(space=space, n_workers=3, storage=postgres))
     output = litpipe("search").stdout
     assert all(f"worker {i}: no trials left" in output for i in range(3))
@@ -389,7 +462,7 @@ def test_postgresql_study_with_3_workers_loses_nothing(workspace, postgres):
 def test_postgresql_heartbeats_retry_a_killed_workers_trial(workspace, postgres, tmp_path):
     from litpipe.search.study import open_study
 
-    space = {"model.kwargs.width": [8, 16, 32, 64], "model.kwargs.depth": [1, 2]}
+    space = {"model.kwargs.mlp.width": [8, 16, 32, 64], "model.kwargs.mlp.depth": [1, 2]}
     params = workspace(settings(space=space, n_workers=3, storage=postgres, heartbeat_seconds=1, max_epochs=12))
     search = start_search(tmp_path / "search")
     victim, pid = freeze_a_worker_mid_trial(

@@ -27,9 +27,9 @@ SPACE = {
     "train.augment_crop": lambda trial, name: trial.suggest_float(name, 0.5, 1.0),
     "optim.lr": lambda trial, name: trial.suggest_float(name, 1e-4, 0.1, log=True),
     "model.a_rather_long_dropout_name": lambda trial, name: trial.suggest_float(name, 0.0, 0.5),
-    "model.kwargs.width": lambda trial, name: trial.suggest_categorical(name, [128, 256, 512]),
-    "model.kwargs.depth": lambda trial, name: trial.suggest_int(name, 1, 3),
-    "params_model.kwargs.dropout": lambda trial, name: trial.suggest_float(name, 0.2, 1.0, log=True),  # minor ticks named
+    "model.kwargs.mlp.width": lambda trial, name: trial.suggest_categorical(name, [128, 256, 512]),
+    "model.kwargs.mlp.depth": lambda trial, name: trial.suggest_int(name, 1, 3),
+    "params_model.kwargs.mlp.dropout": lambda trial, name: trial.suggest_float(name, 0.2, 1.0, log=True),  # minor ticks named
 }
 FIGURES = {"history", "importances", "parallel_coordinates", "slice"}  # the README's list of the search's plots
 
@@ -181,7 +181,7 @@ def test_too_few_trials_still_write_every_figure(saved, trials):
 
 
 def test_a_disabled_search_writes_every_figure_as_a_note(saved):
-    outputs.write_disabled(paths.STUDY_JOURNAL.resolve())
+    outputs.write_disabled(paths.STUDY_JOURNAL.resolve(), "search.enabled is false")
     assert_written(saved)
     for fig in saved.values():
         assert plotted(fig) == [] and [text.get_text() for text in fig.texts] == [

@@ -169,7 +169,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu(digits):
 
 @pytest.mark.slow
 def test_compiled_network_trains_to_the_eager_numbers(digits):
-    params = digits.override({"train.max_epochs": 2, "model.kwargs.dropout": 0.0, **MONITORS_OFF})
+    params = digits.override({"train.max_epochs": 2, "model.kwargs.mlp.dropout": 0.0, **MONITORS_OFF})
     eager, _ = fitted(params)
     compiled, _ = fitted(params.override({"train.compile": True}))
     assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], rel=1e-3)

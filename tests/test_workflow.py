@@ -364,7 +364,7 @@ def local_run(tmp_path_factory) -> Path:
 
 def search_results(repo: Path) -> list[tuple]:
     rows = csv.DictReader((repo / "results/search/trials.csv").open())
-    return sorted((row["params_model.kwargs.width"], row["state"], row["value"]) for row in rows)
+    return sorted((row["params_model.kwargs.mlp.width"], row["state"], row["value"]) for row in rows)
 
 
 @pytest.mark.integration
@@ -374,7 +374,7 @@ def test_snakemake_runs_the_pipeline_locally_with_two_search_workers(local_run):
             assert (local_run / output).exists(), (name, output)
     # FAST's two-point grid, each point exactly once across the two worker jobs, and both completed.
     results = search_results(local_run)
-    assert sorted(width for width, _, _ in results) == sorted(str(w) for w in SLURM_FAST["search.space"]["model.kwargs.width"])
+    assert sorted(width for width, _, _ in results) == sorted(str(w) for w in SLURM_FAST["search.space"]["model.kwargs.mlp.width"])
     assert {state for _, state, _ in results} == {"COMPLETE"}
     assert json.loads((local_run / "results/test/metrics.json").read_text())["accuracy"] > 0.5
     for index in (0, 1):  # each worker job ran until the shared study needed no more trials
@@ -450,7 +450,7 @@ class SlurmJobStates:
 def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(local_run, tmp_path):
     slurm_cluster()
     repo = copy_workspace(local_run, tmp_path / "repo")  # with a new search space, only the search re-runs
-    space = {"model.kwargs.width": [8, 16, 32], "model.kwargs.depth": [1, 2]}
+    space = {"model.kwargs.mlp.width": [8, 16, 32], "model.kwargs.mlp.depth": [1, 2]}
     edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 6, "search.pruner": "none"})
     # Up to the search only: the rest of the DAG under SLURM is the test above's. Output to a file: a pipe
     # nobody reads while Snakemake runs would block it once full.

@@ -66,16 +66,16 @@ def test_a_network_that_takes_neither_shape_nor_class_count_gets_neither(repo):
 @pytest.mark.parametrize(
     ("arch", "kwargs", "said"),
     [
-        ("mlp", {"widht": 16, "depth": 2, "dropout": 0.1}, "model.kwargs.widht: MLP has no argument 'widht' (did you mean width?)"),
-        ("mlp", {"width": 16}, "model.kwargs: MLP needs depth, dropout"),
-        ("mlp", {**MLP_KWARGS, "input_shape": [1, 8, 8]}, "model.kwargs.input_shape: litpipe passes input_shape itself"),
+        ("mlp", {"widht": 16, "depth": 2, "dropout": 0.1}, "model.kwargs.mlp.widht: MLP has no argument 'widht' (did you mean width?)"),
+        ("mlp", {"width": 16}, "model.kwargs.mlp: MLP needs depth, dropout (add them under model.kwargs.mlp)"),
+        ("mlp", {**MLP_KWARGS, "input_shape": [1, 8, 8]}, "model.kwargs.mlp.input_shape: litpipe passes input_shape itself"),
         ("resnet19", {}, "model.arch: unknown network 'resnet19' (did you mean resnet18?)"),
-        ("resnet18", {"widht_per_group": 32}, "model.kwargs.widht_per_group: torchvision's resnet18 has no argument"),
+        ("resnet18", {"widht_per_group": 32}, "model.kwargs.resnet18.widht_per_group: torchvision's resnet18 has no argument"),
         ("nets.missing:Net", {}, "model.arch: cannot import nets.missing: No module named 'nets.missing'"),
         ("nets/missing.py:Net", {}, "model.arch: nets/missing.py: no such file (paths are from the repository root)"),
         ("nets.small:SmallResNett", {"channels": 4}, "model.arch: nets.small has no 'SmallResNett' (did you mean SmallResNet?)"),
         ("nets.small:helper", {}, "model.arch: nets.small:helper is not a torch.nn.Module class (it is function)"),
-        ("nets.small:SmallResNet", {}, "model.kwargs: SmallResNet needs channels"),
+        ("nets.small:SmallResNet", {}, "model.kwargs.SmallResNet: SmallResNet needs channels"),
         # The constructor's own complaint, with where in the researcher's code it arose.
         ("nets.small:SmallResNet", {"channels": -1}, "model: building nets.small:SmallResNet failed (small.py line"),
     ],
@@ -153,37 +153,49 @@ def test_every_torchvision_name_is_known():
 
 
 def test_search_space_may_hold_the_network_and_its_arguments(default_params):
-    space = {"model.arch": ["mlp", "cnn"], "model.kwargs.width": [8, 16], "model.kwargs.depth": [1, 3]}
+    """Each network's arguments are its own: the cnn's values are checked against the CNN, the mlp's against the
+    MLP, and a trial of the cnn gets the cnn's arguments from params.yaml with its searched value."""
+    space = {"model.arch": ["mlp", "cnn"], "model.kwargs.mlp.depth": [1, 3], "model.kwargs.cnn.width": [8, 16]}
     params = Params.model_validate({**default_params, "search": {**default_params["search"], "space": space}})
     zoo.check_params(params)
-    trial = params.override({"model.arch": "cnn", "model.kwargs.width": 8})
-    assert trial.model.arch == "cnn" and trial.model.kwargs == {**params.model.kwargs, "width": 8}
-    misspelt = {**space, "model.kwargs.widht": [8]}
+    trial = params.override({"model.arch": "cnn", "model.kwargs.cnn.width": 8})
+    assert trial.model.arguments == {**default_params["model"]["kwargs"]["cnn"], "width": 8}
+    assert trial.model.kwargs["mlp"] == default_params["model"]["kwargs"]["mlp"]
+    misspelt = {**space, "model.kwargs.cnn.widht": [8]}
     params = Params.model_validate({**default_params, "search": {**default_params["search"], "space": misspelt}})
-    with pytest.raises(ConfigError, match=r"model.kwargs.widht: MLP has no argument 'widht' \(did you mean width\?\)"):
+    with pytest.raises(ConfigError, match=r"model.kwargs.cnn.widht: CNN has no argument 'widht' \(did you mean width\?\)"):
         zoo.check_params(params)
+
+
+def test_a_network_without_arguments_in_params_gets_its_defaults(default_params):
+    """`-S model.arch=resnet18` with no model.kwargs.resnet18: torchvision's defaults; the mlp's are not passed."""
+    params = Params.model_validate({**default_params, "model": {**default_params["model"], "arch": "resnet18"}})
+    assert params.model.arguments == {}
+    zoo.check_params(params)
+    own = {**default_params["model"], "arch": "nets/small.py:SmallResNet", "kwargs": {"SmallResNet": {"channels": 4}}}
+    assert Params.model_validate({**default_params, "model": own}).model.arguments == {"channels": 4}
 
 
 @pytest.mark.parametrize(
     ("kwargs", "said"),
     [
-        ({"width": 1e3, "depth": 2, "dropout": 0.1}, "model.kwargs.width: input should be a valid integer (got 1000.0)"),
-        ({"width": True, "depth": 2, "dropout": 0.1}, "model.kwargs.width: input should be a valid integer (got True)"),
-        ({"width": 0, "depth": 2, "dropout": 0.1}, "model.kwargs.width: input should be greater than or equal to 1 (got 0)"),
-        ({"width": 8, "depth": 2, "dropout": 1.5}, "model.kwargs.dropout: input should be less than 1 (got 1.5)"),
+        ({"width": 1e3, "depth": 2, "dropout": 0.1}, "model.kwargs.mlp.width: input should be a valid integer (got 1000.0)"),
+        ({"width": True, "depth": 2, "dropout": 0.1}, "model.kwargs.mlp.width: input should be a valid integer (got True)"),
+        ({"width": 0, "depth": 2, "dropout": 0.1}, "model.kwargs.mlp.width: input should be greater than or equal to 1 (got 0)"),
+        ({"width": 8, "depth": 2, "dropout": 1.5}, "model.kwargs.mlp.dropout: input should be less than 1 (got 1.5)"),
     ],
 )
 def test_arguments_are_checked_against_the_constructors_annotations(kwargs, said):
     with pytest.raises(ConfigError) as error:
         zoo.check("mlp", kwargs)
     assert str(error.value) == said
-    with pytest.raises(ConfigError, match="model.kwargs.zero_init_residual: input should be a valid boolean"):
+    with pytest.raises(ConfigError, match="model.kwargs.resnet18.zero_init_residual: input should be a valid boolean"):
         zoo.check("resnet18", {"zero_init_residual": "yes"})
 
 
 def test_every_value_the_search_may_choose_is_checked(default_params):
     """Not only the first: a value out of range at the far end of a list fails before the search starts."""
-    space = {"model.kwargs.width": [8, 16], "model.kwargs.dropout": [0.1, 1.5]}
+    space = {"model.kwargs.mlp.width": [8, 16], "model.kwargs.mlp.dropout": [0.1, 1.5]}
     params = Params.model_validate({**default_params, "search": {**default_params["search"], "space": space}})
-    with pytest.raises(ConfigError, match=r"model.kwargs.dropout: input should be less than 1 \(got 1.5\)"):
+    with pytest.raises(ConfigError, match=r"model.kwargs.mlp.dropout: input should be less than 1 \(got 1.5\)"):
         zoo.check_params(params)

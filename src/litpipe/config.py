@@ -52,9 +52,16 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")  # a file of starting weights
 
 class ModelParams(Section):
     arch: str  # litpipe's, torchvision's or your own network (models/zoo.py); checked when a stage starts
-    kwargs: dict[str, Any]  # its constructor's arguments, checked against its signature
+    # Each network's constructor arguments, under its name (your own: its class's name); the one model.arch
+    # names is used, so `-S model.arch=cnn` trains the cnn with its own. Checked against its signature.
+    kwargs: dict[str, dict[str, Any]]
     stem: Literal["auto", "small", "standard"]  # torchvision's CNNs: auto = small under 64 pixels
     weights: str | None  # starting weights: a file of the repository, tracked by DVC (models/weights.py)
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The arguments of the network model.arch names ({} where model.kwargs has none: its defaults)."""
+        return self.kwargs.get(search_space.network_key(self.arch), {})
 
     @field_validator("weights")
     @classmethod
@@ -71,14 +78,35 @@ class ModelParams(Section):
             raise ValueError(f"a network's name, or package.module:Class or path/to/file.py:Class (got {arch!r})")
         return arch
 
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def per_network(cls, kwargs: Any) -> Any:
+        if kwargs is None:
+            return {}
+        # The arguments of a network once sat directly under model.kwargs: say where they go now.
+        if isinstance(kwargs, dict):
+            for network, arguments in kwargs.items():
+                if not isinstance(arguments, dict | None):
+                    raise ValueError(  # noqa: TRY004  (pydantic reports a ValueError as the key's one line)
+                        f"{network}: {arguments!r} is not a mapping; each network's arguments go under its name, "
+                        f"e.g. model.kwargs.mlp.{network}"
+                    )
+            return {network: arguments or {} for network, arguments in kwargs.items()}
+        return kwargs
+
     @field_validator("kwargs")
     @classmethod
-    def arguments(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        for key, value in kwargs.items():
-            if not key.isidentifier():
-                raise ValueError(f"{key!r} is not an argument name")
-            if not isinstance(value, int | float | str | bool | list | type(None)):
-                raise ValueError(f"{key}: a number, string, boolean, list or null (got {type(value).__name__})")
+    def arguments_named(cls, kwargs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for network, arguments in kwargs.items():
+            if not network.isidentifier():
+                raise ValueError(f"{network!r} is not a network's name (a class's name for your own)")
+            for key, value in arguments.items():
+                if not key.isidentifier():
+                    raise ValueError(f"{network}.{key!r} is not an argument name")
+                if not isinstance(value, int | float | str | bool | list | type(None)):
+                    raise ValueError(
+                        f"{network}.{key}: a number, string, boolean, list or null (got {type(value).__name__})"
+                    )
         return kwargs
 
 
@@ -180,7 +208,7 @@ class SearchParams(Section):
     def consistent(self) -> "SearchParams":
         dimensions = search_space.parse(self.space)
         if self.sampler == "grid":
-            search_space.grid(dimensions)  # raises on ranges
+            search_space.require_grid(dimensions)
         if self.storage.startswith("sqlite") and self.n_workers > 1:
             raise ValueError("SQLite cannot be shared by parallel workers; use n_workers: 1, 'journal' or PostgreSQL")
         return self
@@ -278,14 +306,19 @@ class Params(Section):
         tunable = {"model": ModelParams, "optim": OptimParams, "train": TrainParams}
         for dotted, dimension in self.search.dimensions().items():
             section, _, field = dotted.partition(".")
-            # model.kwargs.<argument>: any argument; the network's constructor checks it when a stage starts.
-            argument = field.removeprefix("kwargs.") if section == "model" and field.startswith("kwargs.") else None
+            # model.kwargs.<network>.<argument>: any argument; the network's constructor checks it when a stage
+            # starts (models/zoo.py).
+            network, _, argument = dotted.removeprefix(search_space.ARGUMENTS).partition(".")
+            if not (search_space.network_of(dotted) and network.isidentifier() and argument.isidentifier()):
+                argument = ""
             if section not in tunable or (field not in tunable[section].model_fields and not argument):
                 allowed = ", ".join(
                     f"{s}.<{'|'.join(f for f in m.model_fields if f'{s}.{f}' not in IGNORED_BY_TRIALS)}>"
                     for s, m in tunable.items()
                 )
-                raise ValueError(f"search.space: unknown key {dotted!r}; allowed: {allowed}, model.kwargs.<argument>")
+                raise ValueError(
+                    f"search.space: unknown key {dotted!r}; allowed: {allowed}, model.kwargs.<network>.<argument>"
+                )
             if dotted in IGNORED_BY_TRIALS:
                 raise ValueError(
                     f"search.space: {dotted} cannot be searched: {IGNORED_BY_TRIALS[dotted]}, so every trial would "
@@ -301,7 +334,11 @@ class Params(Section):
                     )
             current = getattr(self, section).model_dump()
             for value in search_space.endpoints(dimension):
-                changed = {"kwargs": {**current["kwargs"], argument: value}} if argument else {field: value}
+                changed = (
+                    {"kwargs": {**current["kwargs"], network: {**current["kwargs"].get(network, {}), argument: value}}}
+                    if argument
+                    else {field: value}
+                )
                 try:
                     tunable[section].model_validate({**current, **changed})
                 except ValidationError as error:
@@ -311,7 +348,7 @@ class Params(Section):
 
 
 def dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys and their values, as DVC shows params (`model.kwargs.width`); a list is one value."""
+    """Dotted keys and their values, as DVC shows params (`model.kwargs.mlp.width`); a list is one value."""
     if not isinstance(tree, dict):
         return {prefix.rstrip("."): tree}
     flat: dict[str, Any] = {}

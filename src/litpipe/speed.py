@@ -221,7 +221,7 @@ def search_throughput(params: Params, workers: int, points: int, epochs: int, re
         storage="journal",
         max_epochs=epochs,
         # Equal-cost trials: only the dropout rate changes.
-        space={"model.kwargs.dropout": [round(0.05 + 0.3 * i / max(1, points - 1), 4) for i in range(points)]},
+        space={"model.kwargs.mlp.dropout": [round(0.05 + 0.3 * i / max(1, points - 1), 4) for i in range(points)]},
     )
     settings["train"]["early_stopping_patience"] = epochs
     rates: dict[int, list[float]] = {1: [], workers: []}

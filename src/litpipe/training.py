@@ -47,7 +47,7 @@ def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> C
     check_crop(params.train.augment_crop, meta["input_shape"])  # in every stage, the ones without crops too
     model = Classifier(
         arch=params.model.arch,
-        net_kwargs=params.model.kwargs,
+        net_kwargs=params.model.arguments,
         stem=params.model.stem,
         input_shape=meta["input_shape"],
         num_classes=meta["num_classes"],

@@ -8,8 +8,8 @@
 - a researcher's own `torch.nn.Module`, as `package.module:Class` or `path/to/file.py:Class`, resolved
   from the repository root (where litpipe runs).
 
-A constructor gets `model.kwargs`, plus `input_shape` and `num_classes` when it takes them; the kwargs
-are checked against its signature, and the built network's forward against a probe batch, so that a
+A constructor gets its arguments from `model.kwargs.<its name>` (a class's name for your own: `SmallResNet`),
+plus `input_shape` and `num_classes` when it takes them; the arguments are checked against its signature, and the built network's forward against a probe batch, so that a
 typo or a wrong head is one line before training rather than a traceback in epoch 1.
 """
 
@@ -70,17 +70,19 @@ def constructor(arch: str) -> Callable[..., nn.Module]:
 def check_params(params: "Params") -> None:
     """Every network a stage may build from `params`: params.yaml's, and each arch and argument value that
     search.space offers (a typo or a value out of range in the space fails at the first stage, not in trial 7)."""
-    archs, kwargs, searched = [params.model.arch], dict(params.model.kwargs), {}
+    archs, searched = [params.model.arch], {}
     if params.search.enabled:
         for key, dimension in params.search.dimensions().items():
             if key == "model.arch":
                 archs += search_space.endpoints(dimension)
-            elif key.startswith("model.kwargs."):
-                searched[key.removeprefix("model.kwargs.")] = search_space.endpoints(dimension)
+            elif search_space.network_of(key):
+                searched[key.removeprefix(search_space.ARGUMENTS)] = search_space.endpoints(dimension)
     for arch in dict.fromkeys(archs):
-        values = {**kwargs, **{key: ends[0] for key, ends in searched.items()}}
+        network = search_space.network_key(arch)
+        own = {key.partition(".")[2]: ends for key, ends in searched.items() if key.partition(".")[0] == network}
+        values = {**params.model.kwargs.get(network, {}), **{key: ends[0] for key, ends in own.items()}}
         check(arch, values, params.model.stem)
-        for key, ends in searched.items():
+        for key, ends in own.items():
             for value in ends[1:]:
                 check(arch, {**values, key: value}, params.model.stem)
     if params.model.weights and not Path(params.model.weights).is_file():
@@ -104,17 +106,18 @@ def check(arch: str, kwargs: dict[str, Any], stem: str = "auto") -> None:
     name, accepted, required = _signature(arch, build)
     if accepted is None:
         return  # a constructor that takes **kwargs: its own checks speak when it is built
+    where = f"model.kwargs.{search_space.network_key(arch)}"
     for key in kwargs:
         if key in PROVIDED:
-            raise ConfigError(f"model.kwargs.{key}: litpipe passes {key} itself, from the prepared data; remove it")
+            raise ConfigError(f"{where}.{key}: litpipe passes {key} itself, from the prepared data; remove it")
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             takes = ", ".join(accepted) or "no arguments"
-            raise ConfigError(f"model.kwargs.{key}: {name} has no argument {key!r}{hint}; it takes: {takes}")
+            raise ConfigError(f"{where}.{key}: {name} has no argument {key!r}{hint}; it takes: {takes}")
     missing = [key for key in required if key not in kwargs]
     if missing:
-        raise ConfigError(f"model.kwargs: {name} needs {', '.join(missing)} (add them under model.kwargs)")
+        raise ConfigError(f"{where}: {name} needs {', '.join(missing)} (add them under {where})")
     _check_types(arch, build, kwargs)
 
 
@@ -298,7 +301,8 @@ def _check_types(arch: str, make: Callable, kwargs: dict[str, Any]) -> None:
             adapter.validate_python(value)
         except ValidationError as error:
             problem = error.errors()[0]["msg"]
-            raise ConfigError(f"model.kwargs.{key}: {problem[0].lower()}{problem[1:]} (got {value!r})") from None
+            where = f"model.kwargs.{search_space.network_key(arch)}.{key}"
+            raise ConfigError(f"{where}: {problem[0].lower()}{problem[1:]} (got {value!r})") from None
 
 
 def _torchvision_defaults(arch: str, input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import optuna
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -36,9 +37,19 @@ COLORBAR = 1.2
 BAR_HEIGHT = 0.4
 
 
-def write_disabled(journal: Path) -> None:
-    """Every declared output exists, saying that no search ran (fit then uses params.yaml as it is)."""
-    message = "search.enabled is false: no search was run; fit used the values in params.yaml"
+def whole_numbers_kept(study: optuna.Study, table: pd.DataFrame) -> pd.DataFrame:
+    """An integer param that some trials lack (a network's argument, in the trials of other networks) is a
+    column with gaps, which pandas makes float: 8 would read 8.0. Its integers are kept."""
+    for name in {name for trial in study.trials for name in trial.params}:
+        values = [trial.params[name] for trial in study.trials if name in trial.params]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            table[f"params_{name}"] = table[f"params_{name}"].astype("Int64")
+    return table
+
+
+def write_disabled(journal: Path, reason: str) -> None:
+    """Every declared output exists, saying that no search ran and why (fit then uses params.yaml as it is)."""
+    message = f"{reason}: no search was run; fit used the values in params.yaml"
     with atomic_path(paths.SEARCH_TRIALS) as tmp:
         tmp.write_text("number,value,state\n")
     write_json(paths.SEARCH_BEST, {"enabled": False, "params": {}})
@@ -50,7 +61,7 @@ def write_disabled(journal: Path) -> None:
 
 
 def write(study: optuna.Study) -> dict[str, Any]:
-    table = study.trials_dataframe()
+    table = whole_numbers_kept(study, study.trials_dataframe())
     with atomic_path(paths.SEARCH_TRIALS) as tmp:
         table.to_csv(tmp, index=False)
     trial = study.best_trial

@@ -1,10 +1,14 @@
 """search.space: what each entry means, the grid it spans, and how a trial samples it.
 
-    model.kwargs.width: [128, 512]                  categorical (every sampler; the grid's axes)
-    model.kwargs.dropout: {low: 0.0, high: 0.5}     float range (random, tpe); `step` allowed
-    model.kwargs.depth: {low: 1, high: 3}           int range when both ends are integers
+    model.kwargs.mlp.width: [128, 512]                  categorical (every sampler; the grid's axes)
+    model.kwargs.mlp.dropout: {low: 0.0, high: 0.5}     float range (random, tpe); `step` allowed
+    model.kwargs.mlp.depth: {low: 1, high: 3}           int range when both ends are integers
     optim.lr: {low: 1.0e-4, high: 0.1, log: true}
-    optim.lr: {lr_find: [0.3, 1, 3]}         multiples of the lr_find stage's suggestion
+    optim.lr: {lr_find: [0.3, 1, 3]}                    multiples of the lr_find stage's suggestion
+
+A network's argument (model.kwargs.<network>.<argument>) is searched in the trials that train that network
+only: with `model.arch: [mlp, cnn]` in the space too, the grid is mlp with each of the mlp's points plus cnn
+with each of the cnn's, and a search whose network has no dimension of its own searches the others alone.
 
 Kept free of Optuna imports: params validation uses it.
 """
@@ -38,6 +42,26 @@ class LrFindMultiples:
 
 Dimension = Categorical | Range | LrFindMultiples
 RELATIVE_SUFFIX = "@lr_find"  # the Optuna param of optim.lr given as multiples: "optim.lr@lr_find"
+ARGUMENTS = "model.kwargs."  # model.kwargs.<network>.<argument>
+
+
+def network_key(arch: str) -> str:
+    """The name a network's arguments go under in model.kwargs: its own (mlp, resnet18), or its class's for a
+    researcher's module (nets/small.py:SmallResNet -> SmallResNet): a dotted path would break DVC's dotted keys."""
+    return arch.rpartition(":")[2]
+
+
+def network_of(key: str) -> str | None:
+    """The network whose argument a search key sets (model.kwargs.mlp.width -> mlp); None for any other key."""
+    return key.removeprefix(ARGUMENTS).partition(".")[0] if key.startswith(ARGUMENTS) else None
+
+
+def applying(dimensions: dict[str, Dimension], arch: str) -> dict[str, Dimension]:
+    """The dimensions a search of `arch` (model.arch when the space does not search it) varies: every one but
+    the arguments of the networks it never trains. Empty: searching would train the same network every trial."""
+    archs = endpoints(dimensions["model.arch"]) if "model.arch" in dimensions else (arch,)
+    trained = {network_key(str(a)) for a in archs}
+    return {key: d for key, d in dimensions.items() if network_of(key) in (None, *trained)}
 
 
 def parse(space: dict[str, Any]) -> dict[str, Dimension]:
@@ -80,11 +104,32 @@ def parse_dimension(key: str, raw: Any) -> Dimension:
     )
 
 
-def grid(dimensions: dict[str, Dimension]) -> list[dict[str, Scalar]]:
-    """Every combination, as Optuna param values, in a stable order. Only lists and lr_find multiples."""
-    axes = {name: values for name, values in _axes(dimensions)}
+def grid(dimensions: dict[str, Dimension], arch: str) -> list[dict[str, Scalar]]:
+    """Every combination, as Optuna param values, in a stable order; a network's arguments are combined with
+    that network only (`arch` where the space does not search model.arch). Only lists and lr_find multiples."""
+    points = []
+    for point in _combinations(_shared(dimensions)):
+        points += [{**point, **own} for own in _combinations(_arguments(dimensions, point.get("model.arch", arch)))]
+    return points
+
+
+def require_grid(dimensions: dict[str, Dimension]) -> None:
+    """Raises ValueError, naming the key, where the grid sampler cannot use a dimension (a range)."""
+    dict(_axes(dimensions))
+
+
+def _combinations(dimensions: dict[str, Dimension]) -> list[dict[str, Scalar]]:
+    axes = dict(_axes(dimensions))
     names = sorted(axes)
     return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def _shared(dimensions: dict[str, Dimension]) -> dict[str, Dimension]:
+    return {key: d for key, d in dimensions.items() if network_of(key) is None}
+
+
+def _arguments(dimensions: dict[str, Dimension], arch: str) -> dict[str, Dimension]:
+    return {key: d for key, d in dimensions.items() if network_of(key) == network_key(arch)}
 
 
 def _axes(dimensions: dict[str, Dimension]):
@@ -101,8 +146,14 @@ def uses_lr_find(dimensions: dict[str, Dimension]) -> bool:
     return any(isinstance(d, LrFindMultiples) for d in dimensions.values())
 
 
-def suggest(trial, dimensions: dict[str, Dimension], lr_suggestion: float | None) -> dict[str, Any]:
-    """Sample one point through an Optuna trial; returns dotted param -> value to override."""
+def suggest(trial, dimensions: dict[str, Dimension], lr_suggestion: float | None, arch: str) -> dict[str, Any]:
+    """Sample one point through an Optuna trial; returns dotted param -> value to override. The network comes
+    first, then its own arguments (`arch` where the space does not search model.arch)."""
+    chosen = _suggest(trial, _shared(dimensions), lr_suggestion)
+    return {**chosen, **_suggest(trial, _arguments(dimensions, chosen.get("model.arch", arch)), lr_suggestion)}
+
+
+def _suggest(trial, dimensions: dict[str, Dimension], lr_suggestion: float | None) -> dict[str, Any]:
     chosen: dict[str, Any] = {}
     for key, dimension in dimensions.items():
         if isinstance(dimension, Categorical):

@@ -158,7 +158,7 @@ def setup(params: Params) -> optuna.Study:
         log.warning("trial %d was left running by a stopped worker: marking it failed", trial.number)
         study.tell(trial.number, state=TrialState.FAIL)
     if params.search.sampler == "grid":
-        enqueue_missing(study, search_space.grid(params.search.dimensions()))
+        enqueue_missing(study, search_space.grid(params.search.dimensions(), params.model.arch))
     return study
 
 

@@ -35,7 +35,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """The best validation loss of the trial; raises optuna.TrialPruned when the pruner stops it."""
-        chosen = search_space.suggest(trial, self.dimensions, self.lr_suggestion)
+        chosen = search_space.suggest(trial, self.dimensions, self.lr_suggestion, self.params.model.arch)
         trial.set_user_attr("params", chosen)  # resolved values: the learning rate, not its multiple
         trial.set_user_attr("worker", worker_identity())
         params = self.params.override(chosen)

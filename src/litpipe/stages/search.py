@@ -23,6 +23,7 @@ from litpipe import fanout, paths
 from litpipe.config import Params
 from litpipe.errors import StageError
 from litpipe.search import outputs
+from litpipe.search import space as search_space
 from litpipe.search import study as shared
 from litpipe.search.trial import TrialRunner
 from litpipe.models.zoo import check_params as check  # cli.py runs it before any work
@@ -32,16 +33,19 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, part: str | None = None, worker: int = 0) -> None:
     """The whole search, or the one part of it that a cluster job runs."""
+    skipped = nothing_to_search(params)
+    if skipped:  # each part of it too: a cluster runs them as jobs
+        if part in (None, "setup"):
+            log.info("%s: fit will use the values in params.yaml", skipped)
+        if part in (None, "collect"):
+            outputs.write_disabled(paths.STUDY_JOURNAL, skipped)
+        return
     if part == "setup":
         return setup(params)
     if part == "worker":
         return work(params, worker)
     if part == "collect":
         return collect(params)
-    if not params.search.enabled:
-        log.info("search.enabled is false: fit will use the values in params.yaml")
-        outputs.write_disabled(paths.STUDY_JOURNAL)
-        return
     setup(params)
     if params.search.n_workers == 1:
         work(params, 0)
@@ -50,8 +54,21 @@ def run(params: Params, part: str | None = None, worker: int = 0) -> None:
     collect(params)
 
 
+def nothing_to_search(params: Params) -> str | None:
+    """Why a search would train the same network in every trial, or None when it would not."""
+    if not params.search.enabled:
+        return "search.enabled is false"
+    if not search_space.applying(params.search.dimensions(), params.model.arch):
+        return f"search.space holds no key for {params.model.arch}, only other networks' arguments"
+    return None
+
+
 def setup(params: Params) -> None:
     _route_optuna_logs()
+    dimensions = params.search.dimensions()
+    unused = set(dimensions) - set(search_space.applying(dimensions, params.model.arch))
+    if unused:
+        log.info("search.space: %s left out, for networks this search does not train", ", ".join(sorted(unused)))
     study = shared.setup(params)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         shutil.rmtree(paths.tb_dir("search"), ignore_errors=True)  # a new study: no stale trial runs
