@@ -139,6 +139,42 @@ def test_every_dataset_name_has_a_loader_and_only_prepare_imports_them():
     assert list(LOADERS) == list(DATASETS)
 
 
+def test_train_images_is_a_sample_of_the_training_split_in_proportion_to_its_classes(default_params):
+    """data.train_images (learning curves, quick runs): that many of the training images, each class in its
+    share; the validation and test splits stay as they are; a count the split cannot give stops prepare."""
+    from litpipe.data import digits
+
+    params = params_with(default_params)
+    source = digits.load(params.data)
+    full = prepare.split(source, params)
+    sampled = prepare.split(source, params_with(default_params, train_images=100))
+    kept = sampled["train"][1]
+    assert len(kept) == 100 and set(kept.tolist()) <= set(full["train"][1].tolist())
+    shares = torch.bincount(full["train"][2], minlength=10) * 100 / len(full["train"][2])
+    assert (torch.bincount(sampled["train"][2], minlength=10) - shares).abs().max() < 1
+    for split in ("val", "test"):
+        assert torch.equal(sampled[split][1], full[split][1])
+    everything = len(full["train"][1])
+    whole = prepare.split(source, params_with(default_params, train_images=everything))
+    assert torch.equal(whole["train"][1], full["train"][1])
+    for n in (9, everything + 1):
+        said = rf"data.train_images {n}: the training split holds {everything} images of 10 classes; choose from 10 to"
+        with pytest.raises(StageError, match=said):
+            prepare.split(source, params_with(default_params, train_images=n))
+
+
+def test_synthetic_cifar10_has_cifar10s_shape_and_colour(monkeypatch, default_params):
+    from litpipe.data import synthetic
+
+    monkeypatch.setattr(synthetic, "CIFAR_TRAIN_IMAGES", 1000)
+    monkeypatch.setattr(synthetic, "TEST_IMAGES", 200)
+    source = synthetic.load_cifar10(params_with(default_params, dataset="synthetic_cifar10", val_fraction=0.2).data)
+    assert source.images.shape == (800, 3, 32, 32) and source.images.dtype == torch.uint8
+    assert (len(source.val_labels), len(source.test_labels)) == (200, 200)
+    channels = source.images.float().mean(dim=(2, 3))  # each image's mean colour: not grey
+    assert (channels.max(dim=1).values - channels.min(dim=1).values).median() > 20
+
+
 def test_synthetic_validation_images_come_from_held_out_originals(monkeypatch, default_params):
     """synthetic_mnist's validation split is drawn from digits that no training image was drawn from (as the
     test split is), not carved out of warped copies of the training digits; the sizes stay MNIST's."""
@@ -148,7 +184,9 @@ def test_synthetic_validation_images_come_from_held_out_originals(monkeypatch, d
     monkeypatch.setattr(synthetic, "TEST_IMAGES", 500)
     drawn = []  # the originals each split's images are drawn from, in order: train, validation, test
     draw = synthetic.draw
-    monkeypatch.setattr(synthetic, "draw", lambda originals, *rest: drawn.append(originals) or draw(originals, *rest))
+    monkeypatch.setattr(
+        synthetic, "draw", lambda originals, *rest, **kw: drawn.append(originals) or draw(originals, *rest, **kw)
+    )
     params = params_with(default_params, dataset="synthetic_mnist", val_fraction=0.15)
     source = synthetic.load(params.data)
     assert (len(source.labels), len(source.val_labels), len(source.test_labels)) == (1700, 300, 500)

@@ -214,17 +214,18 @@ def test_a_worker_keeps_to_its_share_of_cores():
 # --- litpipe bench ---------------------------------------------------------------------------
 
 
+def bench(*args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`litpipe bench ...` as a user runs it; it must succeed."""
+    command = ["litpipe", "bench", *args]
+    result = subprocess.run(command, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.slow
 def test_bench_times_both_loops_and_reports_what_ran(digits, tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    result = subprocess.run(
-        ["litpipe", "bench", "--epochs", "2", "-S", "train.batch_size=128"],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    result = bench("--epochs", "2", "-S", "train.batch_size=128")
     report = json.loads(result.stdout)  # the JSON alone on stdout; progress went to stderr
     assert "plain epoch 2" in result.stderr
     assert report["batch_size"] == 128 and report["data_path"] == "resident" and report["device"].startswith("cpu")
@@ -239,16 +240,29 @@ def test_bench_times_both_loops_and_reports_what_ran(digits, tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_takes_any_network_on_cifar_shaped_data(tmp_path):
+    """resnet18 on CIFAR-10-shaped synthetic images: the bench prepares them itself and times the same two loops.
+    Small, to be quick on a CPU: 128 training images (data.train_images), resized to 8 pixels, few to validate."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    settings = [
+        "model.arch=resnet18",
+        "data.train_images=128",
+        "data.image_size=8",
+        "data.val_fraction=0.01",
+        "observe.probe_size=16",
+    ]
+    result = bench("--synthetic", "cifar10", "--epochs", "2", *(f"-S{s}" for s in settings), cwd=tmp_path)
+    report = json.loads(result.stdout)
+    assert report["dataset"] == "synthetic_cifar10" and report["input_shape"] == [3, 8, 8]
+    assert report["train_samples"] == 128 and report["steps_per_epoch"] == 2  # batches of 64
+    assert report["model"] == {"arch": "resnet18", "kwargs": {}, "stem": "auto", "weights": None}
+    assert report["ratio"] > 0 and [len(run) for run in report["epoch_s"]["litpipe"]] == [1]
+
+
+@pytest.mark.slow
 def test_bench_search_counts_trials_per_minute_for_one_and_n_workers(digits, tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    result = subprocess.run(
-        ["litpipe", "bench", "--search", "2", "--points", "2", "--epochs", "2"],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=True,
-    )
+    result = bench("--search", "2", "--points", "2", "--epochs", "2", timeout=900)
     report = json.loads(result.stdout)
     assert set(report["search_trials_per_min"]) == {"1", "2"} and report["trials"] == 2
     rates = report["search_trials_per_min"]

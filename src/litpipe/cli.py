@@ -33,7 +33,14 @@ class Tool:
 
 
 def bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--synthetic", action="store_true", help="60,000 MNIST-shaped images instead of data/prepared")
+    parser.add_argument(
+        "--synthetic",
+        nargs="?",
+        const="mnist",
+        choices=("mnist", "cifar10"),
+        help="synthetic data instead of data/prepared: MNIST-shaped (60,000 training images of 1 x 28 x 28; the "
+        "default) or CIFAR-10-shaped (50,000 of 3 x 32 x 32); -S data.train_images=N trains on N of them",
+    )
     parser.add_argument(
         "-S",
         "--set",

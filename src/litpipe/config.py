@@ -38,6 +38,7 @@ class DataParams(Section):
     val_fraction: Fraction
     split_seed: Seed
     image_size: Annotated[int, Field(ge=1, le=4096)] | None  # None: the dataset's own size
+    train_images: PositiveInt | None  # a stratified sample of the training split; None: all of it
 
     @field_validator("dataset")
     @classmethod

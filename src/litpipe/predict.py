@@ -120,6 +120,7 @@ def read_image(file: Path, shape: tuple[int, ...], pixel_max: int):
     from PIL import Image, ImageOps
 
     from litpipe.data.folder import image_pixels
+    from litpipe.data.source import fit_to
 
     channels, height, width = shape
     try:
@@ -127,28 +128,10 @@ def read_image(file: Path, shape: tuple[int, ...], pixel_max: int):
             pixels = image_pixels(ImageOps.exif_transpose(opened), channels)
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for what is not an image, or damaged
         raise StageError(f"{file}: cannot be read as an image ({str(error).splitlines()[0]})") from None
-    image = fit(torch.from_numpy(pixels).permute(2, 0, 1), height, width)
+    image = fit_to(torch.from_numpy(pixels).permute(2, 0, 1), (height, width))
     if pixel_max != 255:  # the prepared data's range (digits: 0..16)
         image = (image.float() * pixel_max / 255).round().to(torch.uint8)
     return image
-
-
-def fit(image, height: int, width: int):
-    """Resized to cover height x width (shorter side first), then cropped about the centre: for a square input,
-    exactly what `data.image_size` does when prepare reads images (source.fit_to)."""
-    import torch.nn.functional as F
-
-    from litpipe.data.source import fit_to
-
-    if tuple(image.shape[1:]) == (height, width):
-        return image
-    if height == width:
-        return fit_to(image, height)
-    scale = max(height / image.shape[1], width / image.shape[2])
-    size = (max(height, round(image.shape[1] * scale)), max(width, round(image.shape[2] * scale)))
-    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return resized[:, top : top + height, left : left + width].round().clamp(0, 255).byte()
 
 
 def write(rows: list[dict], out: Path, top_k: int) -> None:

@@ -45,7 +45,7 @@ MONITORS = ("gradient_norms", "histograms", "device_stats", "activations")
 
 
 def run(
-    params: Params, synthetic: bool, epochs: int, repeats: int, search_workers: int | None, points: int | None
+    params: Params, synthetic: str | None, epochs: int, repeats: int, search_workers: int | None, points: int | None
 ) -> dict:
     root = Path.cwd()
     with _scratch_directory():
@@ -96,7 +96,8 @@ def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
         "input_shape": load_meta()["input_shape"],
         "data_path": data.path,
         "epochs_timed": f"{epochs - 1} of {epochs} per run, {repeats} run(s) of each",
-        "model": params.model.model_dump(),
+        "dataset": params.data.dataset,
+        "model": {**params.model.model_dump(), "kwargs": params.model.arguments},  # the network trained
         "precision": params.train.precision,
         "compile": params.train.compile,
         **_environment(data.device),
@@ -220,8 +221,8 @@ def search_throughput(params: Params, workers: int, points: int, epochs: int, re
         pruner="none",
         storage="journal",
         max_epochs=epochs,
-        # Equal-cost trials: only the dropout rate changes.
-        space={"model.kwargs.mlp.dropout": [round(0.05 + 0.3 * i / max(1, points - 1), 4) for i in range(points)]},
+        # Equal-cost trials, whatever the network: only the weight decay changes.
+        space={"optim.weight_decay": [round(1e-5 * (i + 1), 7) for i in range(points)]},
     )
     settings["train"]["early_stopping_patience"] = epochs
     rates: dict[int, list[float]] = {1: [], workers: []}
@@ -259,11 +260,12 @@ def search_throughput(params: Params, workers: int, points: int, epochs: int, re
     }
 
 
-def _with_data(params: Params, synthetic: bool, root: Path) -> Params:
-    """Prepared splits in the scratch directory: MNIST-shaped synthetic data, or the repository's own."""
+def _with_data(params: Params, synthetic: str | None, root: Path) -> Params:
+    """Prepared splits in the scratch directory: synthetic data of MNIST's or CIFAR-10's shape (data/synthetic.py;
+    the data.* params apply, data.train_images among them), or the repository's own."""
     if synthetic:
-        params = params.override({"data.dataset": "synthetic_mnist"})
-        log.info("preparing synthetic MNIST-shaped data (60,000 + 10,000 images of 1 x 28 x 28)")
+        params = params.override({"data.dataset": f"synthetic_{synthetic}"})
+        log.info("preparing synthetic %s-shaped data (data.train_images: %s)", synthetic, params.data.train_images)
         paths.PARAMS.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
         run_stage("prepare")
         return params

@@ -7,4 +7,4 @@ Adding a dataset: a module with a `load(params: DataParams) -> Source`, its name
 loaders.LOADERS (a test checks that the two agree).
 """
 
-DATASETS = ("digits", "folder", "mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic_mnist")
+DATASETS = ("digits", "folder", "mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic_mnist", "synthetic_cifar10")

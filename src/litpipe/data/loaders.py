@@ -14,4 +14,5 @@ LOADERS: dict[str, Callable[[DataParams], Source]] = {
     "kmnist": torchvision_sets.load_kmnist,
     "cifar10": torchvision_sets.load_cifar10,
     "synthetic_mnist": synthetic.load,
+    "synthetic_cifar10": synthetic.load_cifar10,
 }

@@ -38,16 +38,20 @@ def square_shape(shape: tuple[int, ...], side: int | None) -> tuple[int, ...]:
     return shape if side is None else (*shape[:-2], side, side)
 
 
-def fit_to(images: torch.Tensor, side: int | None) -> torch.Tensor:
-    """uint8 images (..., C, H, W) resized so the shorter side is `side` (antialiased bilinear), then cropped
-    to `side` x `side` about the centre: the aspect ratio is kept and the middle is what remains. None: as is."""
-    if side is None or images.shape[-2:] == (side, side):
+def fit_to(images: torch.Tensor, side: int | tuple[int, int] | None) -> torch.Tensor:
+    """uint8 images (..., C, H, W) resized to cover `side` x `side` (or a (height, width) pair) with the aspect
+    ratio kept (antialiased bilinear), then cropped about the centre: for a square, the shorter side becomes
+    `side` and the middle is what remains. None: as is."""
+    if side is None:
+        return images
+    target = (side, side) if isinstance(side, int) else tuple(side)
+    if tuple(images.shape[-2:]) == target:
         return images
     height, width = images.shape[-2:]
-    scale = side / min(height, width)
-    size = (max(side, round(height * scale)), max(side, round(width * scale)))
+    scale = max(target[0] / height, target[1] / width)
+    size = (max(target[0], round(height * scale)), max(target[1], round(width * scale)))
     batch = images.reshape(-1, *images.shape[-3:]).float()
     resized = F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - side) // 2, (size[1] - side) // 2
-    cropped = resized[..., top : top + side, left : left + side].round_().clamp_(0, 255)
-    return cropped.to(torch.uint8).reshape(*images.shape[:-2], side, side)
+    top, left = (size[0] - target[0]) // 2, (size[1] - target[1]) // 2
+    cropped = resized[..., top : top + target[0], left : left + target[1]].round_().clamp_(0, 255)
+    return cropped.to(torch.uint8).reshape(*images.shape[:-2], *target)

@@ -78,7 +78,26 @@ def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor | Imag
         val = (source.images, val_idx, source.labels[val_idx])
     else:
         train_idx, val = indices, (source.val_images, torch.arange(len(source.val_labels)), source.val_labels)
+    if params.data.train_images is not None:
+        train_idx = _sample(train_idx, source.labels[train_idx], params.data.train_images, seed)
     return {"train": (source.images, train_idx, source.labels[train_idx]), "val": val, "test": test}
+
+
+def _sample(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n of the training images, in proportion to their classes (data.train_images)."""
+    classes = len(labels.unique())
+    if not classes <= n <= len(indices):
+        raise StageError(
+            f"data.train_images {n}: the training split holds {len(indices)} images of {classes} classes; "
+            f"choose from {classes} to {len(indices)} (or null for all)"
+        )
+    if n == len(indices):
+        return indices
+    try:
+        kept, _ = train_test_split(indices.numpy(), train_size=n, stratify=labels.numpy(), random_state=seed)
+    except ValueError as error:  # a class too small to sample in proportion
+        raise StageError(f"data.train_images {n}: cannot sample the training split by class: {error}") from None
+    return torch.from_numpy(kept).sort().values
 
 
 def _stratified(
