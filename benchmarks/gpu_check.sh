@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, run once on a lent GPU machine (see README, "Speed"): litpipe bench on CUDA with
-# MNIST-shaped data at batch 256 and 1024 (32-bit and bf16-mixed), search throughput with 1 and 4
-# workers sharing the one GPU, and the stages on CUDA with NVML statistics in TensorBoard.
+# MNIST-shaped data at batch 256 and 1024 (32-bit and bf16-mixed) and resnet18 on CIFAR-shaped data,
+# search throughput with 1 and 4 workers sharing the one GPU, and the stages on CUDA with NVML statistics
+# in TensorBoard.
 # Writes everything under $OUT (or ./gpu-check). Needs the project's dependencies importable;
 # PYTHONPATH=src is enough, without installing the package. LITPIPE_ACCELERATOR=cpu dry-runs it here.
 set -euo pipefail
@@ -28,6 +29,9 @@ litpipe bench --synthetic --epochs 4 "${on_device[@]}" -S train.batch_size=1024 
     > "$out/bench-1024-bf16.json" 2> "$out/bench-1024-bf16.log"
 litpipe bench --synthetic --epochs 4 "${on_device[@]}" -S train.batch_size=1024 -S train.compile=true \
     > "$out/bench-1024-compile.json" 2> "$out/bench-1024-compile.log"
+# Another network: resnet18 on CIFAR-10-shaped images (50,000 of 3 x 32 x 32).
+litpipe bench --synthetic cifar10 --epochs 3 "${on_device[@]}" -S model.arch=resnet18 -S train.batch_size=256 \
+    > "$out/bench-resnet18.json" 2> "$out/bench-resnet18.log"
 
 # Search throughput: 8 equal trials, 1 worker against 4 workers on the one GPU (CUDA MPS when installed).
 litpipe bench --synthetic --search 4 --points 8 --epochs 10 "${on_device[@]}" -S train.batch_size=256 \

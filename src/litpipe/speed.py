@@ -1,8 +1,8 @@
 """What `litpipe bench` measures: litpipe's training path against a plain PyTorch loop doing the same work.
 
 In one process, on the same network, data, batch size and device: a hand-written loop (the model's own
-optimizer and scheduler, gradient clipping, validation every epoch, best weights saved when the
-validation loss improves) and the fit stage's real Trainer (every callback, logger and monitor the fit
+optimizer and scheduler, gradient clipping, weight averaging as the fit does it, validation every epoch, best
+weights saved when the validation loss improves) and the fit stage's real Trainer (every callback, logger and monitor the fit
 uses), then the same with the monitors off. An epoch is timed from its start to the next one's, so
 validation and every epoch-end hook count. Each of the fit's epochs is paired with a plain epoch run
 just before it, so that both see the same spell of a shared machine; the ratio is the median over the
@@ -37,7 +37,14 @@ from litpipe import fanout, paths
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.errors import StageError
-from litpipe.training import build_model, device_type, fit_trainer, seed_everything
+from litpipe.training import (
+    build_model,
+    device_type,
+    fit_trainer,
+    recompute_batch_norm,
+    seed_everything,
+    swa_start_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +114,10 @@ def training_speed(params: Params, epochs: int, repeats: int) -> dict[str, Any]:
 
 class PlainLoop:
     """The same training written by hand, train and validation metrics included, one epoch at a time:
-    the model's own optimizer and scheduler, gradient clipping, best weights saved when validation improves."""
+    the model's own optimizer and scheduler, gradient clipping, weight averaging from the fit's epoch on (as
+    torch.optim.swa_utils shows it: the average updated after the epoch's training, its BatchNorm statistics
+    recomputed, and validated in place of the weights being trained), best weights saved when validation
+    improves."""
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -122,6 +132,8 @@ class PlainLoop:
         )
         self.autocast = _autocast(params.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=params.train.precision == "16-mixed")
+        self.average = torch.optim.swa_utils.AveragedModel(self.model, use_buffers=True)  # as Lightning's
+        self.average_from = swa_start_epoch(params)
         self.best, self.epochs = float("inf"), 0
 
     def epoch(self) -> float:
@@ -129,11 +141,16 @@ class PlainLoop:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             started = _now(self.device)
             self._train()
-            val_loss, val_acc = self._validate()
+            validated = self.model
+            if self.epochs >= self.average_from:
+                self.average.update_parameters(self.model)
+                recompute_batch_norm(self.average.module, self.data, self.device)
+                validated = self.average.module
+            val_loss, val_acc = self._validate(validated)
             self._step_schedules("epoch", val_loss)
             if val_loss < self.best:
                 self.best = val_loss
-                torch.save(self.model.state_dict(), "plain-best.pt")
+                torch.save(validated.state_dict(), "plain-best.pt")
             seconds = _now(self.device) - started
         self.epochs += 1
         log.info("plain epoch %d: %.2f s, val/loss %.4f, val/acc %.4f", self.epochs, seconds, val_loss, val_acc)
@@ -162,13 +179,13 @@ class PlainLoop:
             if config["interval"] == interval:
                 config["scheduler"].step(*([val_loss] if interval == "epoch" else []))
 
-    def _validate(self) -> tuple[float, float]:
-        self.model.eval()
+    def _validate(self, model: torch.nn.Module) -> tuple[float, float]:
+        model.eval()
         loss_sum, correct, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         with torch.inference_mode(), self.autocast:
             for x, y in self.data.val_dataloader():
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                logits = self.model(x)
+                logits = model(x)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(dim=1) == y).sum()
                 count += len(y)
