@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 import re
 import subprocess
 import time
@@ -52,6 +53,11 @@ def test_default_pipeline_reaches_the_accuracy_target(pipeline):
     metrics = json.loads((repo / "results/test/metrics.json").read_text())
     assert metrics["accuracy"] >= 0.97, metrics
     assert 0 < metrics["loss"] < 0.2
+    # Ten balanced digits: a model that ignores the images scores about a tenth, with a loss near ln(10).
+    trivial = metrics["baselines"]["trivial"]
+    assert 0.08 < trivial["accuracy"] < 0.12 and trivial["loss"] == pytest.approx(math.log(10), abs=0.01)
+    html = (repo / "reports/report.html").read_text()
+    assert f"the network beats the trivial baseline ({trivial['accuracy']:.4f})" in html
     trials = list(csv.DictReader((repo / "results/search/trials.csv").open()))
     assert len(trials) == 8 and {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
     assert sum(t["state"] == "COMPLETE" for t in trials) >= 4  # the median pruner's startup trials

@@ -394,7 +394,7 @@ def test_a_search_with_nothing_to_vary_trains_nothing_whole_or_in_parts(workspac
         shutil.rmtree("results/search", ignore_errors=True)
         output = "".join(litpipe("search", *part).stdout for part in parts)
         assert output.count(f"{said}: fit will use the values in params.yaml") == 1
-        assert json.loads(Path("results/search/best.json").read_text()) == {"enabled": False, "params": {}}
+        assert json.loads(Path("results/search/best.json").read_text()) == {"enabled": False, "reason": said, "params": {}}
         assert trials() == [] and Path("results/search/study.journal").stat().st_size == 0
         assert not Path("tb/search").exists() or list(Path("tb/search").iterdir()) == [Path("tb/search/summary")]
 

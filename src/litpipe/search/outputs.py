@@ -52,7 +52,7 @@ def write_disabled(journal: Path, reason: str) -> None:
     message = f"{reason}: no search was run; fit used the values in params.yaml"
     with atomic_path(paths.SEARCH_TRIALS) as tmp:
         tmp.write_text("number,value,state\n")
-    write_json(paths.SEARCH_BEST, {"enabled": False, "params": {}})
+    write_json(paths.SEARCH_BEST, {"enabled": False, "reason": reason, "params": {}})
     for name in PLOTS:
         write_placeholder(name, message)
     journal.touch()  # an empty journal is an empty study; an earlier one is kept for when search returns

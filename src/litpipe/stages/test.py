@@ -1,17 +1,18 @@
 """test: a fresh process loads each seed's checkpoint and evaluates the test split.
 
 results/test/metrics.json holds the accuracy and loss of models/best.ckpt (the first seed's model, the one
-analyze and the report dissect), the number of seeds, and with several seeds the mean, standard deviation
-and 95% confidence interval of each metric over them; results/test/seeds.csv has one row per seed.
+analyze and the report dissect), the number of seeds, with several seeds the mean, standard deviation
+and 95% confidence interval of each metric over them, and the trivial baseline's numbers on the same test
+split (baselines.py); results/test/seeds.csv has one row per seed.
 """
 
 import logging
 
 import pandas as pd
 
-from litpipe import paths
+from litpipe import baselines, paths
 from litpipe.config import Params
-from litpipe.data.prepared import PreparedData, load_meta
+from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
 from litpipe.models.classifier import Classifier
@@ -43,14 +44,16 @@ def run(params: Params) -> None:
     with atomic_path(paths.TEST_SEEDS) as tmp:
         table.to_csv(tmp, index=False)
 
-    first = rows[0]
-    metrics = {"accuracy": first["accuracy"], "loss": first["loss"], "samples": load_meta()["sizes"]["test"]}
+    first, meta = rows[0], load_meta()
+    metrics = {"accuracy": first["accuracy"], "loss": first["loss"], "samples": meta["sizes"]["test"]}
     metrics["seeds"] = len(rows)
     for name in METRICS:
         for statistic, value in (spread(table[name].tolist()) or {}).items():
             metrics[f"{name}_{statistic}"] = value
+    metrics["baselines"] = {"trivial": baselines.trivial(meta["class_counts"]["train"], load_split("test").y.numpy())}
     write_json(paths.TEST_METRICS, metrics)
     log.info("test: accuracy %.4f, loss %.4f on %d samples", metrics["accuracy"], metrics["loss"], metrics["samples"])
+    log.info("the network %s", baselines.margin(metrics["accuracy"], metrics["baselines"]["trivial"]["accuracy"]))
     if len(rows) > 1:
         log.info(
             "over %d seeds: accuracy %.4f ± %.4f (std), 95%% CI [%.4f, %.4f]",
