@@ -31,8 +31,8 @@ from .helpers import ROOT, STAGES, require_module, require_tool, tool_env
 
 def documented_hparams_tab(params: dict) -> tuple[set[str], list[str]]:
     """The HPARAMS tab's hyperparameter and metric columns as the README (or a page of docs/) describes them:
-    `section.*` stands for every param of that params.yaml section (`params`, the raw YAML), dotted to its leaves
-    as `dvc exp show` names them (`model.kwargs.mlp.width`)."""
+    `key.*` stands for every param under that key of params.yaml (`params`, the raw YAML: `optim.*`,
+    `model.kwargs.mlp.*`), dotted to its leaves as `dvc exp show` names them (`model.kwargs.mlp.width`)."""
 
     def leaves(tree, prefix):
         if not isinstance(tree, dict):
@@ -47,8 +47,13 @@ def documented_hparams_tab(params: dict) -> tuple[set[str], list[str]]:
     listed = re.findall(r"`([^`]+)`", re.search(r"hyperparameter\s+columns\s*\(([^)]*)\)", bullet)[1])
     columns = set()
     for name in listed:
-        section, _, key = name.partition(".")
-        columns |= leaves(params[section], section) if key == "*" else {name}
+        if not name.endswith(".*"):
+            columns.add(name)
+            continue
+        tree = params
+        for key in name.removesuffix(".*").split("."):
+            tree = tree[key]
+        columns |= leaves(tree, name.removesuffix(".*"))
     return columns, list(dict.fromkeys(re.findall(r"`(hp/\w+)`", bullet)))
 
 
@@ -172,7 +177,9 @@ def hidden_layers(repo) -> list[str]:
 @pytest.mark.integration
 def test_text_histograms_and_scalars_reach_tensorboard(pipeline, tensorboard):
     layers = hidden_layers(pipeline[0])
-    text_tags = tensorboard.wait_until(lambda: (t := tensorboard.get("/data/plugin/text/tags")).get("fit") and t)
+    # TensorBoard loads the runs one after another: wait for every run whose text is checked.
+    runs = {"fit", "lr_find", "search/summary", "sanity"}
+    text_tags = tensorboard.wait_until(lambda: runs <= set(t := tensorboard.get("/data/plugin/text/tags")) and t)
     for tag in (
         "model/summary/text_summary",
         "system/text_summary",
