@@ -64,6 +64,10 @@ class ModelParams(Section):
         """The arguments of the network model.arch names ({} where model.kwargs has none: its defaults)."""
         return self.kwargs.get(search_space.network_key(self.arch), {})
 
+    def trained(self) -> dict[str, Any]:
+        """These params with the arguments of the network trained only, as a run's records show them."""
+        return {**self.model_dump(), "kwargs": {search_space.network_key(self.arch): self.arguments}}
+
     @field_validator("weights")
     @classmethod
     def weights_file(cls, weights: str | None) -> str | None:

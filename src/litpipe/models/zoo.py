@@ -9,8 +9,9 @@
   from the repository root (where litpipe runs).
 
 A constructor gets its arguments from `model.kwargs.<its name>` (a class's name for your own: `SmallResNet`),
-plus `input_shape` and `num_classes` when it takes them; the arguments are checked against its signature, and the built network's forward against a probe batch, so that a
-typo or a wrong head is one line before training rather than a traceback in epoch 1.
+plus `input_shape` and `num_classes` when it takes them; the arguments are checked against its signature,
+and the built network's forward against a probe batch, so that a typo or a wrong head is one line before
+training rather than a traceback in epoch 1.
 """
 
 import difflib
@@ -75,11 +76,12 @@ def check_params(params: "Params") -> None:
         for key, dimension in params.search.dimensions().items():
             if key == "model.arch":
                 archs += search_space.endpoints(dimension)
-            elif search_space.network_of(key):
-                searched[key.removeprefix(search_space.ARGUMENTS)] = search_space.endpoints(dimension)
+            elif network := search_space.network_of(key):
+                argument = key.removeprefix(f"{search_space.ARGUMENTS}{network}.")
+                searched.setdefault(network, {})[argument] = search_space.endpoints(dimension)
     for arch in dict.fromkeys(archs):
         network = search_space.network_key(arch)
-        own = {key.partition(".")[2]: ends for key, ends in searched.items() if key.partition(".")[0] == network}
+        own = searched.get(network, {})
         values = {**params.model.kwargs.get(network, {}), **{key: ends[0] for key, ends in own.items()}}
         check(arch, values, params.model.stem)
         for key, ends in own.items():

@@ -20,9 +20,8 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard.summary import hparams
 
 from litpipe import paths
-from litpipe.config import ModelParams, Params, dotted
+from litpipe.config import Params, dotted
 from litpipe.observe.system import git_state, markdown_table, system_info
-from litpipe.search.space import network_key
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +45,11 @@ def hparam_columns(params: Params, epochs: int) -> dict[str, Any]:
         "seed": params.seed,
         # A network's argument may be a list or null: TensorBoard's HPARAMS shows numbers, strings and booleans.
         # The network's own arguments only: those of the networks it is not are not part of the run.
-        **{key: _shown(value) for key, value in dotted(_trained(params.model), "model.").items()},
+        **{key: _shown(value) for key, value in dotted(params.model.trained(), "model.").items()},
         **{f"optim.{key}": value for key, value in params.optim.model_dump().items()},
         "train.batch_size": params.train.batch_size,
         "train.max_epochs": epochs,
     }
-
-
-def _trained(model: ModelParams) -> dict[str, Any]:
-    return {**model.model_dump(), "kwargs": {network_key(model.arch): model.arguments}}
 
 
 def _shown(value: Any) -> Any:
