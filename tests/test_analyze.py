@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from litpipe import paths
 from litpipe.data.prepared import load_meta, load_split
 from litpipe.io import write_json
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.stages import analyze, fit
 
 from .helpers import write_network
@@ -68,7 +68,7 @@ def test_the_analysis_of_a_trained_model_matches_scikit_learn(digits):
 
     test = load_split("test")
     with torch.no_grad():
-        logits = Classifier.from_checkpoint(paths.BEST_CKPT)(test.x)
+        logits = LitModel.from_checkpoint(paths.BEST_CKPT)(test.x)
     (predicted, confidence), truth = predictions(logits), test.y.numpy()
     everyone = list(range(load_meta()["num_classes"]))
 
@@ -105,7 +105,7 @@ def test_the_pca_shows_each_block_or_named_layer_with_maps_pooled_per_channel(di
     fit.run(params)
     analyze.run(params)
 
-    model, test = Classifier.from_checkpoint(paths.BEST_CKPT), load_split("test")
+    model, test = LitModel.from_checkpoint(paths.BEST_CKPT), load_split("test")
     modules = dict(model.net.named_modules())
     expected = layers or ["stem", "stage1", "head"]
     maps = {}

@@ -9,9 +9,9 @@ from litpipe.config import Params
 from litpipe.data.prepared import load_meta, load_split
 from litpipe.errors import ConfigError, StageError
 from litpipe.io import read_json, write_json
-from litpipe.models import classifier
+from litpipe.models import lit_model
 from litpipe.models.augment import augment, random_crop, random_flip
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.stages import fit, sanity
 from litpipe.training import build_model
 
@@ -116,7 +116,7 @@ def fitted(params: Params) -> tuple[dict, str]:
 
 @pytest.fixture
 def training_images(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every training piece the classifier steps on, as (images given, images trained on): the module's own
+    """Every training piece the model steps on, as (images given, images trained on): the module's own
     augment call is watched, and still does the work."""
     seen = []
 
@@ -125,7 +125,7 @@ def training_images(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         seen.append((x.clone(), out.clone()))
         return out
 
-    monkeypatch.setattr(classifier, "augment", watched)
+    monkeypatch.setattr(lit_model, "augment", watched)
     return seen
 
 
@@ -145,7 +145,7 @@ def test_a_fit_with_augmentation_trains_and_records_it(digits, training_images):
     # below 2**-64).
     assert changed(training_images) == len(training_images) > 0
     assert metrics["best_val_acc"] > 0.5  # ten classes: it learned
-    model = Classifier.from_checkpoint(paths.BEST_CKPT)
+    model = LitModel.from_checkpoint(paths.BEST_CKPT)
     assert (model.hparams.augment_flip, model.hparams.augment_crop) == (True, 1)
     # Each piece draws its own numbers before its step: the same numbers however many pieces a batch holds.
     assert fitted(augmented.override({"train.steps_per_call": 1})) == (metrics, history)

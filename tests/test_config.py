@@ -87,7 +87,7 @@ def test_half_precision_on_the_cpu_is_refused_before_any_work(tmp_path, default_
 
 
 def test_unknown_key_lists_the_allowed_keys(tmp_path, default_params):
-    allowed = "name, lr, weight_decay, momentum, nesterov, scheduler, warmup_epochs, plateau_factor, plateau_patience"
+    allowed = "name, lr, weight_decay, momentum, nesterov, scheduler, warmup_epochs, plateau_factor, plateau_patience, loss"
     with pytest.raises(ConfigError, match=rf"optim\.lrate: unknown key; allowed: {allowed}$"):
         load_params(write(tmp_path, modified(default_params, "optim", "lrate", 0.01)))
 
@@ -171,7 +171,7 @@ def test_cli_exits_2_with_one_line_before_touching_outputs(
     workspace = copy_workspace(prepared, tmp_path / "workspace")
     write(workspace, modified(default_params, "optim", key, value))
     before = snapshot(workspace)
-    assert {"data/prepared/meta.json", "data/prepared/train-images.npy", "logs/prepare.log"} <= set(before)
+    assert {"data/prepared/meta.json", "data/prepared/train-x.npy", "logs/prepare.log"} <= set(before)
     result = subprocess.run(["litpipe", stage], cwd=workspace, env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr

@@ -78,7 +78,7 @@ def test_split_depends_on_split_seed_only(workspace, default_params):
     prepare.run(Params.model_validate(default_params).override({"seed": 123, "data.split_seed": 0}))
     assert load_meta()["sha256"] == first  # the training seed does not move the split
     prepare.run(params_with(default_params, split_seed=1))
-    assert load_meta()["sha256"]["test-images.npy"] != first["test-images.npy"]
+    assert load_meta()["sha256"]["test-x.npy"] != first["test-x.npy"]
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ from litpipe.config import Params, load_params
 from litpipe.errors import ConfigError
 from litpipe.io import write_json
 from litpipe.models import weights, zoo
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.models.networks import MLP
 from litpipe.stages import fit, sanity
 
@@ -84,7 +84,7 @@ def test_a_file_that_gives_the_network_nothing_is_one_line(tmp_path, contents, m
 
 
 def net_tensors(checkpoint) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in Classifier.from_checkpoint(checkpoint).net.state_dict().items()}
+    return {key: value for key, value in LitModel.from_checkpoint(checkpoint).net.state_dict().items()}
 
 
 def test_a_fit_starts_from_a_litpipe_checkpoint_and_freezing_trains_only_the_head(digits):

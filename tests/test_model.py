@@ -11,7 +11,7 @@ from litpipe import paths
 from litpipe.data.prepared import load_split
 from litpipe.errors import StageError
 from litpipe.io import read_json, write_json
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.models.networks import CNN, MLP
 from litpipe.stages import fit, sanity
 from litpipe.training import build_model
@@ -45,7 +45,7 @@ def test_checkpoint_holds_the_weights_whose_validation_loss_fit_reports(digits, 
     write_json(paths.SEARCH / "best.json", {"params": {}})
     fit.run(params)
     summary = read_json(paths.FIT / "summary.json")
-    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
+    model = LitModel.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
     val = load_split("val")
     with torch.no_grad():
         loss = F.cross_entropy(model(val.x), val.y).item()

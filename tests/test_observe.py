@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from litpipe import paths
 from litpipe.observe.monitors import Monitors
-from litpipe.observe.tensorboard import HP_METRICS, open_run
+from litpipe.observe.tensorboard import hp_metrics, open_run
 from litpipe.stages import sanity
 from litpipe.training import make_trainer
 
@@ -98,7 +98,7 @@ class TensorBoardServer:
 
     def session_groups(self, hparams: list[str]) -> list[dict]:
         columns = [{"hparam": name, "includeInResult": True} for name in hparams]
-        columns += [{"metric": {"tag": tag, "group": ""}, "includeInResult": True} for tag in HP_METRICS]
+        columns += [{"metric": {"tag": tag, "group": ""}, "includeInResult": True} for tag in hp_metrics("acc")]
         body = {
             "experimentName": "",
             "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],

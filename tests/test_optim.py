@@ -15,7 +15,7 @@ from litpipe.data.prepared import load_split
 from litpipe.errors import ConfigError
 from litpipe.io import read_json, write_json
 from litpipe.models import optim
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.stages import fit, lr_find
 
 from .helpers import assert_checkpoint_is_averaged, write_network
@@ -24,7 +24,7 @@ LR, STEPS, EPOCHS = 0.1, 5, 4  # a run of 4 epochs of 5 steps
 
 
 def rates(scheduler: str, warmup_epochs: int = 0, name: str = "adam", losses: list[float] = ()) -> list[float]:
-    """The learning rate each optimizer step of the run takes, the schedule stepped as the classifier steps it;
+    """The learning rate each optimizer step of the run takes, the schedule stepped as the model steps it;
     `losses`: the validation loss of each epoch, for the plateau schedule."""
     weight = torch.nn.Parameter(torch.zeros(2))
     chosen = optim.optimizer(name, [weight], LR, 0.0, 0.9, False, {})
@@ -165,7 +165,7 @@ def test_the_lr_finder_suggests_a_rate_for_sgd_with_onecycle(digits):
     assert params.lr_find.min_lr < suggestion < params.lr_find.max_lr
 
 
-def fresh_batch_norm_statistics(model: Classifier, batch_size: int) -> dict[str, torch.Tensor]:
+def fresh_batch_norm_statistics(model: LitModel, batch_size: int) -> dict[str, torch.Tensor]:
     """torch's own update_bn over the training split in order, in pieces of `batch_size`: the reference."""
     train = load_split("train")
     pieces = list(zip(train.x.split(batch_size), train.y.split(batch_size)))
@@ -198,7 +198,7 @@ def test_averaged_weights_are_validated_with_their_own_batch_norm_statistics(dig
     # The checkpoint holds the average of the weights of epochs 1 .. best, the best epoch's own included.
     assert assert_checkpoint_is_averaged(paths.BEST_CKPT) == summary["best_epoch"]
 
-    model = Classifier.from_checkpoint(paths.BEST_CKPT)
+    model = LitModel.from_checkpoint(paths.BEST_CKPT)
     stored = {name: value.clone() for name, value in model.state_dict().items() if "running_" in name}
     assert stored, "no BatchNorm statistics in the checkpoint"
     fresh = fresh_batch_norm_statistics(model, params.train.batch_size)

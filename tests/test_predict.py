@@ -12,7 +12,7 @@ from PIL import Image
 from litpipe import paths
 from litpipe.data.prepared import load_meta, load_split
 from litpipe.io import write_json
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.stages import fit
 
 from .helpers import tool_env
@@ -52,7 +52,7 @@ def test_new_images_get_the_classes_the_model_gives_the_same_images(trained):
     assert result.returncode == 0, result.stderr
     written = rows("out/predictions.csv")
     assert [row["file"] for row in written] == sorted(str(path) for path in folder.rglob("*.png"))
-    model = Classifier.from_checkpoint(paths.BEST_CKPT)
+    model = LitModel.from_checkpoint(paths.BEST_CKPT)
     with torch.no_grad():
         probabilities = model(test.x[:SHOWN]).softmax(dim=1)
     names = load_meta()["class_names"]

@@ -20,7 +20,7 @@ from scipy import stats
 
 from litpipe import paths
 from litpipe.data.prepared import load_split
-from litpipe.models.classifier import Classifier
+from litpipe.models.lit_model import LitModel
 from litpipe.spread import STATISTICS, spread
 from litpipe.stages import fit
 
@@ -129,7 +129,7 @@ def test_the_test_reports_the_first_checkpoint_and_the_spread_over_seeds(replica
         for row, run in zip(rows, runs(SEEDS).values(), strict=True):
             # Its own checkpoint's numbers, evaluated here ...
             with torch.no_grad():
-                logits = Classifier.from_checkpoint(run.checkpoint)(test.x)
+                logits = LitModel.from_checkpoint(run.checkpoint)(test.x)
             assert float(row["accuracy"]) == pytest.approx((logits.argmax(1) == test.y).float().mean().item(), abs=1e-6)
             assert float(row["loss"]) == pytest.approx(F.cross_entropy(logits, test.y).item(), rel=1e-5)
             # ... and the test its fit measured in-process.

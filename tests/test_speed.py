@@ -18,7 +18,7 @@ from litpipe import paths, resources
 from litpipe.data import prepared
 from litpipe.data.prepared import PreparedData, choose_path, load_meta
 from litpipe.io import read_json, write_json
-from litpipe.models.classifier import backward_is_plain_autograd
+from litpipe.models.lit_model import backward_is_plain_autograd
 from litpipe.models.networks import MLP
 from litpipe.observe.monitors import gradient_norms
 from litpipe.stages import fit
@@ -137,11 +137,11 @@ def test_epoch_metrics_are_the_sample_weighted_means_of_the_batches(digits):
     """Metrics are summed on the device and logged once per epoch: check them against a direct evaluation
     of the checkpoint (before averaging starts, so the checkpoint holds the validated weights)."""
     from litpipe.data.prepared import load_split
-    from litpipe.models.classifier import Classifier
+    from litpipe.models.lit_model import LitModel
 
     params = digits.override({"train.max_epochs": 3, "train.swa_epoch_start": 1.0, "train.batch_size": 100})
     metrics, _ = fitted(params)
-    model = Classifier.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
+    model = LitModel.load_from_checkpoint(paths.BEST_CKPT, map_location="cpu").eval()
     val = load_split("val")  # 228 samples: batches of 100, 100 and 28 must be weighted by size
     with torch.no_grad():
         logits = model(val.x)

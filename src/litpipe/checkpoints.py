@@ -1,7 +1,7 @@
 """Checkpoints that load only what they should, and only when intact.
 
-Every checkpoint of the classifier carries a SHA-256 of its own contents (added as the last step of
-saving, see models/classifier.py): torch's archive has no checksum of its own, so a flipped byte in a
+Every checkpoint of the model carries a SHA-256 of its own contents (added as the last step of
+saving, see models/lit_model.py): torch's archive has no checksum of its own, so a flipped byte in a
 weight loads silently. Reading uses `weights_only` semantics: nothing in the pickle runs.
 """
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from litpipe.data import DATASETS
+from litpipe.data import DATASETS, TABLES
 from litpipe.errors import ConfigError
 from litpipe.search import space as search_space
 from litpipe.yaml12 import read_yaml
@@ -39,6 +39,12 @@ class DataParams(Section):
     split_seed: Seed
     image_size: Annotated[int, Field(ge=1, le=4096)] | None  # None: the dataset's own size
     train_images: PositiveInt | None  # a stratified sample of the training split; None: all of it
+    # Tables (data/table.py): what to predict from which columns, and how.
+    task: Literal["classification", "regression"] | None  # None: images classify; a table's target type decides
+    target: str | None  # the column to predict; None: the embedded table's own
+    features: list[str] | None  # the columns it is predicted from; None: every other column
+    categorical: list[str]  # numeric columns to one-hot encode as well (string columns always are)
+    missing: Literal["refuse", "impute"]  # impute: the training median or mode, plus an indicator column
 
     @field_validator("dataset")
     @classmethod
@@ -46,6 +52,24 @@ class DataParams(Section):
         if name not in DATASETS:
             raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
         return name
+
+    @model_validator(mode="after")
+    def columns_apart(self) -> "DataParams":
+        if self.dataset not in TABLES:
+            given = {"task": self.task == "regression", "target": self.target, "features": self.features}
+            given["categorical"] = self.categorical
+            for key, value in given.items():
+                if value:
+                    raise ValueError(
+                        f"data.{key} is for tables (data.dataset table, diabetes or wine), not {self.dataset}"
+                    )
+        if self.target is not None and self.target in (self.features or []):
+            raise ValueError(f"data.features lists the target {self.target!r}: a column cannot predict itself")
+        listed = self.features if self.features is not None else self.categorical
+        unlisted = [name for name in self.categorical if name not in listed or name == self.target]
+        if unlisted:
+            raise ValueError(f"data.categorical: {unlisted[0]!r} is not among the features")
+        return self
 
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")  # a file of starting weights (models/weights.py)
@@ -125,6 +149,7 @@ class OptimParams(Section):
     warmup_epochs: Count
     plateau_factor: Fraction
     plateau_patience: Count
+    loss: Literal["auto", "huber"]  # auto: cross-entropy to classify, mean squared error to regress; huber: regress
 
     @model_validator(mode="after")
     def takes_effect(self) -> "OptimParams":
@@ -145,7 +170,7 @@ ONLY_WITH = {
 
 class TrainParams(Section):
     batch_size: PositiveInt
-    steps_per_call: Annotated[int, Field(ge=1, le=1024)]  # optimizer steps per Lightning batch (models/classifier.py)
+    steps_per_call: Annotated[int, Field(ge=1, le=1024)]  # optimizer steps per Lightning batch (models/lit_model.py)
     max_epochs: PositiveInt
     early_stopping_patience: PositiveInt
     gradient_clip_val: Annotated[float, Field(ge=0)]

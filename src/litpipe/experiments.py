@@ -1,7 +1,7 @@
 """DVC experiments: `litpipe record` makes a Snakemake run one, `litpipe experiments` compares them.
 
 `litpipe experiments` is `dvc exp show` narrowed to what a comparison needs, in a 120-column terminal:
-the test metrics (over seed replicates, the accuracy's mean and standard deviation), then the params that
+the test metrics (over seed replicates, the accuracy's or RMSE's mean and standard deviation), then the params that
 differ between the experiments shown; no timestamps, no hashes of dependencies and outputs (DVC lists every
 one of them), no fit-internal metrics. The report's
 experiments section shows the same columns (`dvc exp show --csv` with these options).
@@ -25,15 +25,15 @@ SHOW = [
     "show",
     "--only-changed",  # params and metrics that differ across the rows shown
     "--drop",
-    # Over seed replicates the accuracy's mean and std are kept; its interval, the loss's spread and the seed
-    # count (replicates.seeds shows the seeds) are in `dvc exp show` and the report.
-    # State and Executor: the queue's bookkeeping (which worker ran an experiment), not a result.
-    rf"^(Created|State|Executor)$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_acc|best_val_loss|epochs|samples|seeds)$"
-    r"|^(accuracy|loss)_ci95_(low|high)$|^loss_(mean|std)$",
+    # Over seed replicates the score's mean and std are kept (accuracy, or RMSE); intervals, the other metrics'
+    # spread, the baselines and the seed count (replicates.seeds shows the seeds) are in `dvc exp show` and the
+    # report. State and Executor: the queue's bookkeeping (which worker ran an experiment), not a result.
+    rf"^(Created|State|Executor)$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_\w+|epochs|samples|seeds)$"
+    r"|^\w+_ci95_(low|high)$|^(loss|mae|r2)_(mean|std)$|^baselines\.",
     "--keep",
     # Experiment names (--only-changed drops the column where no row has one), and results/test/metrics.json,
     # shown even where every experiment has the same.
-    r"^(Experiment|accuracy|loss)$",
+    r"^(Experiment|accuracy|loss|rmse|mae|r2)$",
 ]
 
 

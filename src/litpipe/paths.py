@@ -16,8 +16,9 @@ META = PREPARED / "meta.json"
 
 
 def split_files(split: str) -> tuple[Path, Path]:
-    """The split's images (uint8 N x C x H x W) and labels (int64 N), as NumPy arrays."""
-    return PREPARED / f"{split}-images.npy", PREPARED / f"{split}-labels.npy"
+    """The split's inputs (images: uint8 N x C x H x W; a table's rows: float32 N x F) and targets (classes: int64 N;
+    regression: float32 N), as NumPy arrays."""
+    return PREPARED / f"{split}-x.npy", PREPARED / f"{split}-y.npy"
 
 
 SPLITS = ("train", "val", "test")
@@ -75,6 +76,20 @@ ANALYSIS_PLOTS = {
     name: ANALYSIS / f"{name}.png"
     for name in ("confusion", "mistakes", "reliability", "per_class", "activations_pca", "activations_evolution")
 }
+# Regression's residual analysis (analysis/regression.py); a table's mistakes with their values.
+REGRESSION_PLOTS = {
+    name: ANALYSIS / f"{name}.png"
+    for name in (
+        "residuals_vs_fitted",
+        "predicted_vs_actual",
+        "residual_distribution",
+        "residuals_vs_features",
+        "error_by_decile",
+        "importance",
+    )
+}
+MISTAKES_TABLE = ANALYSIS / "mistakes.csv"  # tables: the largest errors with their rows' values
+IMPORTANCE_TABLE = ANALYSIS / "importance.csv"  # regression on a table: permutation importance per column
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,9 @@ def report_inputs() -> dict[str, str]:
         "analysis_summary": ANALYSIS_SUMMARY,
         "per_class_table": PER_CLASS_TABLE,
         **{f"{name}_plot": path for name, path in ANALYSIS_PLOTS.items()},
+        **{f"{name}_plot": path for name, path in REGRESSION_PLOTS.items()},
+        "mistakes_table": MISTAKES_TABLE,
+        "importance_table": IMPORTANCE_TABLE,
         "timing": TIMING,
     }
     return {name: str(path) for name, path in named.items()}

@@ -93,18 +93,22 @@ def examples_per_class(
     return fig
 
 
-def replicates_figure(seeds: "pd.DataFrame", spread: dict[str, float], histories: dict[int, "pd.DataFrame"]) -> Figure:
-    """The spread over seed replicates: each seed's test accuracy with the mean and its 95% confidence interval
-    (`spread`, from litpipe.spread), and each seed's validation loss per epoch."""
+def replicates_figure(
+    seeds: "pd.DataFrame", spread: dict[str, float], histories: dict[int, "pd.DataFrame"], metric: str = "accuracy"
+) -> Figure:
+    """The spread over seed replicates: each seed's test `metric` (a column of seeds.csv: accuracy, rmse) with the
+    mean and its 95% confidence interval (`spread`, from litpipe.spread), and each seed's validation loss per
+    epoch."""
     fig = figure(10, 3.8)
     acc_ax, loss_ax = fig.subplots(1, 2)
     positions = np.arange(len(seeds))
     acc_ax.axhspan(spread["ci95_low"], spread["ci95_high"], color="tab:blue", alpha=0.15, label="95% CI of the mean")
     acc_ax.axhline(spread["mean"], color="tab:blue", label=f"mean {spread['mean']:.4f}")
-    acc_ax.scatter(positions, seeds["accuracy"], color="black", zorder=3, label="one seed")
+    acc_ax.scatter(positions, seeds[metric], color="black", zorder=3, label="one seed")
     acc_ax.set_xticks(positions, [f"seed {seed}" for seed in seeds["seed"]])
     acc_ax.set_xlim(-0.5, len(seeds) - 0.5)
-    acc_ax.set(ylabel="test accuracy", title=f"Test accuracy over {len(seeds)} seeds")
+    name = "RMSE" if metric == "rmse" else metric
+    acc_ax.set(ylabel=f"test {name}", title=f"Test {name} over {len(seeds)} seeds")
     acc_ax.legend(fontsize=8)
     for seed, history in histories.items():
         loss_ax.plot(history["epoch"] + 1, history["val/loss"], label=f"seed {seed}")
@@ -113,21 +117,31 @@ def replicates_figure(seeds: "pd.DataFrame", spread: dict[str, float], histories
     return fig
 
 
-def training_curves(table: "pd.DataFrame", best_epoch: int, best_loss: float, swa_start: int) -> Figure:
-    """A fit's loss and accuracy per epoch (its history.csv), train and validation, with the epoch of the lowest
-    validation loss and where weight averaging starts."""
+# Each task's score (models/tasks.py): its title, its axis, and the loss's axis.
+SCORES = {
+    "acc": ("Accuracy", "accuracy", "cross-entropy"),
+    "rmse": ("RMSE", "RMSE (the target's units)", "loss (standardised target)"),
+}
+
+
+def training_curves(
+    table: "pd.DataFrame", best_epoch: int, best_loss: float, swa_start: int, score: str = "acc"
+) -> Figure:
+    """A fit's loss and score (accuracy, or RMSE) per epoch (its history.csv), train and validation, with the epoch
+    of the lowest validation loss and where weight averaging starts."""
     fig = figure(10, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = table["epoch"] + 1  # counted from 1, as the logs count them
     for split in ("train", "val"):
         loss_ax.plot(epochs, table[f"{split}/loss"], label=split)
-        acc_ax.plot(epochs, table[f"{split}/acc"], label=split)
+        acc_ax.plot(epochs, table[f"{split}/{score}"], label=split)
     loss_ax.scatter([best_epoch + 1], [best_loss], color="tab:red", zorder=3, label="lowest val/loss")
     for ax in (loss_ax, acc_ax):
         # The average takes epoch swa_start + 1's weights (counted from 1) before that epoch's validation.
         ax.axvline(swa_start + 0.5, color="grey", linestyle=":", label="averaging starts")
         ax.set_xlabel("epoch")
         ax.legend()
-    loss_ax.set(ylabel="cross-entropy", title="Loss", yscale="log")
-    acc_ax.set(ylabel="accuracy", title="Accuracy")
+    title, axis, loss = SCORES[score]
+    loss_ax.set(ylabel=loss, title="Loss", yscale="log")
+    acc_ax.set(ylabel=axis, title=title)
     return fig

@@ -70,13 +70,13 @@ def predict(files: list[Path], checkpoint: Path, params, top_k: int, skip_bad: b
     import torch
 
     from litpipe.data.prepared import load_meta
-    from litpipe.models.classifier import Classifier
+    from litpipe.models.lit_model import LitModel
     from litpipe.training import device_type
 
     if not checkpoint.exists():
         raise StageError(f"{checkpoint}: not found; train a model first (`dvc repro fit`)")
     meta = load_meta()
-    model = Classifier.from_checkpoint(checkpoint)
+    model = LitModel.from_checkpoint(checkpoint)
     shape = tuple(model.hparams.input_shape)
     if model.hparams.num_classes != len(meta["class_names"]):
         raise StageError(

@@ -17,13 +17,14 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from litpipe import paths
 from litpipe.config import Params
+from litpipe.data.prepared import load_meta
 from litpipe.errors import StageError
 from litpipe.models.augment import check_crop
-from litpipe.models import weights
-from litpipe.models.classifier import MONITOR, Classifier
+from litpipe.models import tasks, weights
+from litpipe.models.lit_model import MONITOR, LitModel
 from litpipe.observe import wandb
 from litpipe.observe.monitors import Monitors, monitors
-from litpipe.observe.tensorboard import HP_METRICS, end_session, open_run, start_session
+from litpipe.observe.tensorboard import end_session, hp_metrics, open_run, start_session
 from litpipe.preemption import Preemption
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,21 @@ def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
-def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> Classifier:
+def build_model(params: Params, meta: dict[str, Any], augment: bool = True) -> LitModel:
     """The configured model for the prepared data, starting from model.weights when set (models/weights.py); its
     network compiled when train.compile is on. Its training images are augmented as train.augment_* say, unless
     not `augment`: the sanity overfit check must memorise its one fixed batch as it is, and the LR finder
     measures the plain model's loss curve."""
     check_crop(params.train.augment_crop, meta["input_shape"])  # in every stage, the ones without crops too
-    model = Classifier(
+    model = LitModel(
         arch=params.model.arch,
         net_kwargs=params.model.arguments,
         stem=params.model.stem,
         input_shape=meta["input_shape"],
-        num_classes=meta["num_classes"],
-        mean=meta["mean"],
-        std=meta["std"],
+        mean=meta.get("mean"),  # tables: None, their features standardised by prepare
+        std=meta.get("std"),
+        **tasks.of_data(meta),
+        loss=params.optim.loss,
         optimizer=params.optim.name,
         lr=params.optim.lr,
         weight_decay=params.optim.weight_decay,
@@ -226,14 +228,16 @@ class TrainingRun:
     history: History
     early_stopping: EarlyStopping
     monitors: list[Monitors]
+    score: str  # the task's metric beside the loss: acc, or rmse (models/tasks.py)
 
-    def end_session(self, test_acc: float | None = None) -> dict[str, float]:
-        """Close the HPARAMS session with what the run reached (the fit adds its checkpoint's test
-        accuracy) and the other loggers; the best epoch's row. Pruned or completed, the session shows it."""
+    def end_session(self, test_score: float | None = None) -> dict[str, float]:
+        """Close the HPARAMS session with what the run reached (the fit adds its checkpoint's test score) and the
+        other loggers; the best epoch's row. Pruned or completed, the session shows it."""
         best = self.history.best(MONITOR) if self.history.rows else {}
         if best:
-            values = (best[MONITOR], best["val/acc"], test_acc)
-            session = {name: value for name, value in zip(HP_METRICS, values, strict=True) if value is not None}
+            values = (best[MONITOR], best[f"val/{self.score}"], test_score)
+            columns = hp_metrics(self.score)
+            session = {name: value for name, value in zip(columns, values, strict=True) if value is not None}
             end_session(self.tensorboard, session, self.trainer.global_step)
         wandb.finish(self.extra_loggers)
         return best
@@ -253,7 +257,8 @@ def assemble(
     session) and W&B when on, epoch history, early stopping on MONITOR, the monitors of params.observe,
     then the stage's own `callbacks` in their order."""
     tensorboard, extra = open_run(run), wandb.wandb_loggers(params, run)
-    start_session(tensorboard, params, max_epochs)
+    score = tasks.of(load_meta()).score
+    start_session(tensorboard, params, max_epochs, score)
     history = History(label)
     early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
     observers = monitors(params, probe)
@@ -266,7 +271,7 @@ def assemble(
         logger=[tensorboard, *extra],
         **trainer_options,
     )
-    return TrainingRun(trainer, tensorboard, extra, history, early_stopping, observers)
+    return TrainingRun(trainer, tensorboard, extra, history, early_stopping, observers, score)
 
 
 def fit_trainer(

@@ -3,10 +3,11 @@
 from collections.abc import Callable
 
 from litpipe.config import DataParams
-from litpipe.data import digits, folder, synthetic, torchvision_sets
+from litpipe.data import digits, folder, synthetic, table, torchvision_sets
 from litpipe.data.source import Source
+from litpipe.data.table import Table
 
-LOADERS: dict[str, Callable[[DataParams], Source]] = {
+LOADERS: dict[str, Callable[[DataParams], Source | Table]] = {
     "digits": digits.load,
     "folder": folder.load,
     "mnist": torchvision_sets.load_mnist,
@@ -15,4 +16,7 @@ LOADERS: dict[str, Callable[[DataParams], Source]] = {
     "cifar10": torchvision_sets.load_cifar10,
     "synthetic_mnist": synthetic.load,
     "synthetic_cifar10": synthetic.load_cifar10,
+    "table": table.load,
+    "diabetes": table.load_diabetes,
+    "wine": table.load_wine,
 }

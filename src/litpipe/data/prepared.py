@@ -10,7 +10,7 @@
 
 Both take their sample order from the same `BatchOrder`, so a run gives the same metrics either way.
 A batch holds `steps_per_call` x `batch_size` samples, which the model takes in `batch_size` pieces
-(one optimizer step each in training; see models/classifier.py).
+(one optimizer step each in training; see models/lit_model.py).
 `train.data_path: auto` picks resident when the splits take at most `train.resident_max_mb` and half of
 the device's free memory (under a cgroup limit, such as a SLURM job's --mem, what the limit leaves).
 """
@@ -36,12 +36,13 @@ from litpipe.io import file_sha256, read_json
 log = logging.getLogger(__name__)
 
 RESIDENT_SHARE = 0.5  # of the device's free memory; the rest is for the model and a shuffled copy
+PREPARED_X = {(torch.uint8, 4), (torch.float32, 2)}  # images, tables: what prepare writes (dtype, dimensions)
 
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # uint8, N x C x H x W; the model normalises
-    y: torch.Tensor  # int64, N
+    x: torch.Tensor  # images: uint8, N x C x H x W, which the model normalises; tables: float32 N x F, standardised
+    y: torch.Tensor  # classes: int64, N; regression: float32, N (the target in its units)
 
     def to(self, device: torch.device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
@@ -68,7 +69,7 @@ def load_split(name: str, verify: bool = True) -> Split:
         x, y = (torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False)) for path in files)
     except (OSError, ValueError) as error:  # matched its checksum: written by another prepare
         raise StageError(f"{files[0]}: not a split that prepare wrote ({error}); run prepare again") from None
-    if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.dim() != 4 or len(x) != len(y):
+    if (x.dtype, x.dim()) not in PREPARED_X or y.dtype not in (torch.int64, torch.float32) or len(x) != len(y):
         raise StageError(f"{files[0]}: not a split that prepare wrote ({x.dtype} {tuple(x.shape)}); run prepare again")
     return Split(x, y)
 
@@ -184,7 +185,8 @@ class SplitFile(Dataset):
 
 
 class ImageRows:
-    """A split's images file, read an image at a time at their offsets; its labels, in memory."""
+    """A split's inputs file, read a sample (an image, a table's row) at a time at their offsets; its targets, in
+    memory."""
 
     def __init__(self, name: str) -> None:
         images, labels = paths.split_files(name)
@@ -192,14 +194,14 @@ class ImageRows:
         self.labels = torch.from_numpy(np.load(labels, allow_pickle=False))
         with images.open("rb") as file:
             np.lib.format.read_magic(file)
-            self.shape, _, _ = np.lib.format.read_array_header_1_0(file)
+            self.shape, _, self.dtype = np.lib.format.read_array_header_1_0(file)
             self.offset = file.tell()
-        self.row_bytes = math.prod(self.shape[1:])
+        self.row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
         self.path = images
 
     def read(self, indices: torch.Tensor) -> torch.Tensor:
-        batch = np.empty((len(indices), *self.shape[1:]), dtype=np.uint8)
-        rows = batch.reshape(len(indices), self.row_bytes)
+        batch = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        rows = batch.reshape(len(indices), -1).view(np.uint8)
         for row, index in zip(rows, indices.tolist()):
             if os.preadv(self.fd, [row], self.offset + index * self.row_bytes) != self.row_bytes:
                 raise StageError(f"{self.path}: image {index} is cut short; run prepare again")

@@ -1,4 +1,4 @@
-"""The optimiser and learning-rate schedule that params.optim names, for every loop that trains: the classifier's
+"""The optimiser and learning-rate schedule that params.optim names, for every loop that trains: the model's
 (manual optimization, which steps the schedules itself) and the bench's plain loop.
 
 A schedule is a list of Lightning scheduler configs, each stepped at its `interval`: "step" after every

@@ -24,7 +24,7 @@ from litpipe.errors import ConfigError, StageError
 
 log = logging.getLogger(__name__)
 
-NETWORK_PREFIX = "net."  # the network's keys inside the classifier of a litpipe checkpoint
+NETWORK_PREFIX = "net."  # the network's keys inside the model of a litpipe checkpoint
 
 
 def load_into(net: nn.Module, path: str | Path) -> None:

@@ -65,7 +65,7 @@ class Monitors(Callback):
         self.activation_rows = list(state_dict["activation_rows"])
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        # Per optimizer step, not per batch: a training batch may hold several steps (models/classifier.py).
+        # Per optimizer step, not per batch: a training batch may hold several steps (models/lit_model.py).
         if trainer.global_step % self.every:
             return
         if self.gradient_norms:

@@ -1,7 +1,7 @@
 """TensorBoard runs under one root, `tb/`, with deterministic names, and HPARAMS sessions done right.
 
 Every search trial and the final fit declare the same hyperparameter columns and the same metric
-columns (HP_METRICS), so whichever run TensorBoard reads first, the HPARAMS table is the same.
+columns (hp_metrics), so whichever run TensorBoard reads first, the HPARAMS table is the same.
 No placeholder values are logged: a column a run never fills stays empty instead of NaN.
 """
 
@@ -25,8 +25,11 @@ from litpipe.observe.system import git_state, markdown_table, system_info
 
 log = logging.getLogger(__name__)
 
-# The best epoch's val/loss and val/acc, and (the fit only) its checkpoint's test accuracy.
-HP_METRICS = ("hp/best_val_loss", "hp/best_val_acc", "hp/test_acc")
+
+def hp_metrics(score: str) -> tuple[str, str, str]:
+    """The metric columns: the best epoch's val/loss and its score (the task's: accuracy, or RMSE), and (the fit
+    only) its checkpoint's test score."""
+    return ("hp/best_val_loss", f"hp/best_val_{score}", f"hp/test_{score}")
 
 
 def open_run(run: str) -> TensorBoardLogger:
@@ -57,8 +60,8 @@ def _shown(value: Any) -> Any:
 
 
 @rank_zero_only  # under DDP the other ranks' TensorBoard writers are dummies
-def start_session(logger: TensorBoardLogger, params: Params, epochs: int) -> None:
-    experiment, start, end = hparams(hparam_columns(params, epochs), dict.fromkeys(HP_METRICS, 0.0))
+def start_session(logger: TensorBoardLogger, params: Params, epochs: int, score: str) -> None:
+    experiment, start, end = hparams(hparam_columns(params, epochs), dict.fromkeys(hp_metrics(score), 0.0))
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
         writer.add_summary(summary)
@@ -67,7 +70,7 @@ def start_session(logger: TensorBoardLogger, params: Params, epochs: int) -> Non
 @rank_zero_only
 def end_session(logger: TensorBoardLogger, metrics: dict[str, float], step: int) -> None:
     """Log the session's metric values (the HPARAMS table shows each tag's last value)."""
-    unknown = set(metrics) - set(HP_METRICS)
+    unknown = [name for name in metrics if not name.startswith("hp/")]
     if unknown:
         raise ValueError(f"not HPARAMS metric columns: {sorted(unknown)}")
     logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)

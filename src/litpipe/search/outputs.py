@@ -73,7 +73,7 @@ def write(study: optuna.Study) -> dict[str, Any]:
         "trial": trial.number,
         "monitor": "val/loss",
         "value": trial.value,
-        "val_acc": trial.user_attrs["val_acc"],
+        **{key: value for key, value in trial.user_attrs.items() if key.startswith("val_")},
         "best_epoch": trial.user_attrs["best_epoch"],
         "states": {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState},
     }

@@ -9,7 +9,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from litpipe import training
 from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
-from litpipe.models.classifier import MONITOR
+from litpipe.models.lit_model import MONITOR
 from litpipe.observe.tensorboard import add_params
 from litpipe.search import space as search_space
 from litpipe.search.study import lr_suggestion, worker_identity
@@ -55,9 +55,10 @@ class TrialRunner:
         finally:
             best = run.end_session()
         trial.set_user_attr("best_epoch", int(best["epoch"]))
-        trial.set_user_attr("val_acc", best["val/acc"])
+        score = f"val/{run.score}"
+        trial.set_user_attr(f"val_{run.score}", best[score])  # trials.csv's user_attrs_val_acc (or _rmse)
         log.info(
-            "trial %d %s: %s=%.4f val/acc=%.4f", trial.number, _short(chosen), MONITOR, best[MONITOR], best["val/acc"]
+            "trial %d %s: %s=%.4f %s=%.4f", trial.number, _short(chosen), MONITOR, best[MONITOR], score, best[score]
         )
         return best[MONITOR]
 

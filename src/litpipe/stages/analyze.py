@@ -1,5 +1,8 @@
 """analyze: residual analysis of the best model on the test split, and PCA of its blocks' activations (or of
-the modules analyze.layers names), convolutional maps pooled per channel."""
+the modules analyze.layers names), convolutional maps pooled per channel.
+
+To classify: confusion, per-class precision and recall, calibration, and the most confident mistakes (images
+in a gallery, a table's rows with their values). To regress: the diagnostics of analysis/regression.py."""
 
 import logging
 
@@ -12,11 +15,14 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from litpipe import paths, plots
+from litpipe import baselines, paths, plots
+from litpipe.analysis import regression
 from litpipe.config import Params
+from litpipe.data.encoding import Encoding
 from litpipe.data.prepared import Split, load_meta, load_split
 from litpipe.io import atomic_path, write_json
-from litpipe.models.classifier import Classifier
+from litpipe.models import tasks
+from litpipe.models.lit_model import LitModel
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +34,55 @@ CHUNK = 500  # test samples through the network at a time
 
 def run(params: Params) -> None:
     meta = load_meta()
-    model = Classifier.from_checkpoint(paths.BEST_CKPT)
+    model = LitModel.from_checkpoint(paths.BEST_CKPT)
     test = load_split("test")
     # Each convolutional map pooled per channel: PCA of channels, not of every pixel of every channel.
-    logits, activations = model.forward_with_activations(test.x, params.analyze.layers, pooled=True, chunk=CHUNK)
+    outputs, activations = model.forward_with_activations(test.x, params.analyze.layers, pooled=True, chunk=CHUNK)
+    pca = {name: project(values) for name, values in activations.items()}
+    plot_activation_evolution(pd.read_csv(paths.FIT_ACTIVATIONS))
+    if tasks.of(meta) is tasks.Regression:
+        summary = analyze_regression(model, outputs, test, meta, params)
+        plot_pca_by_target(pca, test.y.numpy(), meta["target"]["name"])
+    else:
+        summary = analyze_classification(outputs, test, meta, params)
+        plot_pca(pca, test.y.numpy(), meta["class_names"])
+    summary["pca_explained_variance"] = {name: ratio for name, (_, ratio) in pca.items()}
+    write_json(paths.ANALYSIS_SUMMARY, summary)
 
+
+def analyze_regression(model: LitModel, outputs: torch.Tensor, test: Split, meta: dict, params: Params) -> dict:
+    predicted, actual = model.task.predict(outputs).numpy().astype(np.float64), test.y.numpy().astype(np.float64)
+    residuals = regression.residual_table(predicted, actual)
+    write_csv(residuals, paths.ANALYSIS / "predictions.csv")
+    values = regression.decoded(meta, test.x)
+    scores = baselines.regression_scores(predicted, actual)
+    regression.plot_residuals_vs_fitted(residuals)
+    regression.plot_predicted_vs_actual(residuals, scores["r2"])
+    regression.plot_residual_distribution(residuals)
+    deciles = regression.error_by_decile(residuals)
+    write_csv(deciles, paths.ANALYSIS / "error_by_decile.csv", index=True)
+    regression.plot_error_by_decile(deciles)
+    summary = {**scores, "largest_abs_residual": float(residuals["abs_residual"].max())}
+    if values is not None:
+        blocks = Encoding.from_meta(meta["encoding"]).blocks()
+        importance = regression.permutation_importance(
+            lambda x: model.predict(x), test.x, actual, blocks, seed=params.seed
+        )
+        write_csv(importance, paths.IMPORTANCE_TABLE)
+        regression.plot_importance(importance)
+        regression.plot_residuals_vs_features(residuals, values, importance)
+        summary["most_important"] = importance["column"].head(regression.FEATURES_SHOWN).tolist()
+    write_csv(regression.largest_residuals(residuals, values, params.report.mistakes_shown), paths.MISTAKES_TABLE)
+    log.info(
+        "analysis: test RMSE %.4g, largest absolute residual %.4g on %d test samples",
+        scores["rmse"],
+        summary["largest_abs_residual"],
+        len(residuals),
+    )
+    return summary
+
+
+def analyze_classification(logits: torch.Tensor, test: Split, meta: dict, params: Params) -> dict:
     residuals = residual_table(logits, test.y)
     write_csv(residuals, paths.ANALYSIS / "predictions.csv")
     confusion = confusion_table(residuals, meta["num_classes"])
@@ -40,26 +90,33 @@ def run(params: Params) -> None:
     per_class = per_class_table(residuals, confusion, meta["class_names"])
     write_csv(per_class, paths.PER_CLASS_TABLE)
     plot_confusion(confusion, meta["class_names"])
-    plot_mistakes(residuals, test, meta, params.report.mistakes_shown)
+    values = regression.decoded(meta, test.x)
+    if values is None:
+        plot_mistakes(residuals, test, meta, params.report.mistakes_shown)
+    else:  # a table's mistakes are rows: their values, in a table
+        write_csv(
+            mistakes_table(residuals, values, meta["class_names"], params.report.mistakes_shown), paths.MISTAKES_TABLE
+        )
     plot_per_class(per_class)
     calibration = reliability(residuals)
     plot_reliability(calibration)
-
-    pca = {name: project(values) for name, values in activations.items()}
-    plot_pca(pca, test.y.numpy(), meta["class_names"])
-    plot_activation_evolution(pd.read_csv(paths.FIT_ACTIVATIONS))
-    write_json(
-        paths.ANALYSIS_SUMMARY,
-        {
-            "accuracy": float(residuals["correct"].mean()),
-            "mistakes": int((~residuals["correct"]).sum()),
-            "mean_confidence_correct": float(residuals.loc[residuals["correct"], "confidence"].mean()),
-            "mean_confidence_wrong": float(residuals.loc[~residuals["correct"], "confidence"].mean()),
-            "pca_explained_variance": {name: ratio for name, (_, ratio) in pca.items()},
-            "expected_calibration_error": expected_calibration_error(calibration, len(residuals)),
-        },
-    )
     log.info("analysis: %d mistakes on %d test samples", (~residuals["correct"]).sum(), len(residuals))
+    return {
+        "accuracy": float(residuals["correct"].mean()),
+        "mistakes": int((~residuals["correct"]).sum()),
+        "mean_confidence_correct": float(residuals.loc[residuals["correct"], "confidence"].mean()),
+        "mean_confidence_wrong": float(residuals.loc[~residuals["correct"], "confidence"].mean()),
+        "expected_calibration_error": expected_calibration_error(calibration, len(residuals)),
+    }
+
+
+def mistakes_table(residuals: pd.DataFrame, values: pd.DataFrame, class_names: list[str], shown: int) -> pd.DataFrame:
+    """The most confident mistakes on a table's rows: actual and predicted class, confidence, the row's values."""
+    mistakes = residuals[~residuals["correct"]].nlargest(shown, "confidence")
+    named = mistakes.assign(
+        actual=[class_names[k] for k in mistakes["actual"]], predicted=[class_names[k] for k in mistakes["predicted"]]
+    )[["index", "actual", "predicted", "confidence", "loss"]]
+    return pd.concat([named.reset_index(drop=True), values.iloc[mistakes["index"]].reset_index(drop=True)], axis=1)
 
 
 def residual_table(logits: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
@@ -228,6 +285,15 @@ def plot_pca(pca: dict[str, tuple[np.ndarray, list[float]]], labels: np.ndarray,
     else:  # too many names for a key: a colour bar of class indices, the rows of the per-class table
         bands = ScalarMappable(Normalize(-0.5, len(class_names) - 0.5), ListedColormap(colors))
         fig.colorbar(bands, ax=fig.axes, label="class (index)", ticks=MaxNLocator(integer=True))
+    plots.save(fig, paths.ANALYSIS_PLOTS["activations_pca"])
+
+
+def plot_pca_by_target(pca: dict[str, tuple[np.ndarray, list[float]]], target: np.ndarray, name: str) -> None:
+    fig = plots.figure(4.5 * len(pca) + 1.2, 4.0)
+    for ax, (layer, (points, ratio)) in zip(np.atleast_1d(fig.subplots(1, len(pca))), pca.items()):
+        dots = ax.scatter(points[:, 0], points[:, 1], c=target, cmap="viridis", s=8)
+        ax.set(title=f"{layer}: PCA ({sum(ratio):.0%} of variance)", xlabel="PC1", ylabel="PC2")
+    fig.colorbar(dots, ax=fig.axes).set_label(f"{name} (actual)", parse_math=False)
     plots.save(fig, paths.ANALYSIS_PLOTS["activations_pca"])
 
 

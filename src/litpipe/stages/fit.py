@@ -8,8 +8,8 @@ A run's checkpoint holds the weights with the lowest validation loss; once avera
 those are the averaged weights, which are also the ones validated (see training.StochasticWeightAveraging).
 Early stopping may only stop training once the average has been validated for a full patience
 window, so it can never silently discard the average. Its TensorBoard run is an HPARAMS session
-with the same columns as the search trials (its seed among them), plus the test accuracy of the
-saved checkpoint.
+with the same columns as the search trials (its seed among them), plus the test score (accuracy, or RMSE)
+of the saved checkpoint.
 """
 
 import logging
@@ -25,7 +25,7 @@ from litpipe.config import Params
 from litpipe.data.prepared import PreparedData, load_meta, load_split
 from litpipe.errors import ConfigError, StageError
 from litpipe.io import atomic_path, read_json, write_json
-from litpipe.models.classifier import MONITOR, Classifier
+from litpipe.models.lit_model import MONITOR, LitModel
 from litpipe.observe.monitors import ACTIVATION_COLUMNS
 from litpipe.observe.tensorboard import add_figure, add_log_file, describe_run
 from litpipe.preemption import Preempted, Preemption, discard, fingerprint, resume_point
@@ -108,11 +108,12 @@ def train(params: Params, seed: int, label: str = "", cpus: list[int] | None = N
 def write_results(
     params: Params, session: TrainingRun, data: PreparedData, run: paths.FitRun, described: dict, label: str
 ) -> str | None:
-    """The run's results: its checkpoint's test accuracy (for HPARAMS; the test stage re-checks it in a fresh
+    """The run's results: its checkpoint's test score (for HPARAMS; the test stage re-checks it in a fresh
     process), history, activations, curves, metrics and summary; the preemption signal that came meanwhile."""
     trainer, tensorboard, history = session.trainer, session.tensorboard, session.history
     preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
-    test_acc = test_accuracy_of_checkpoint(params, data, tensorboard, run.checkpoint, preemption)
+    score = session.score
+    test_score = test_score_of_checkpoint(params, data, tensorboard, run.checkpoint, preemption, score)
 
     table = pd.DataFrame(history.rows)
     run.results.mkdir(parents=True, exist_ok=True)
@@ -122,14 +123,14 @@ def write_results(
     with atomic_path(run.activations) as tmp:
         pd.DataFrame(rows, columns=ACTIVATION_COLUMNS).to_csv(tmp, index=False)
     best, swa_start = history.best(), swa_start_epoch(params)
-    figure = plots.training_curves(table, best["epoch"], best[MONITOR], swa_start)
+    figure = plots.training_curves(table, best["epoch"], best[MONITOR], swa_start, score)
     add_figure(tensorboard, "curves", figure, trainer.global_step)
     plots.save(figure, run.curves)
 
     metrics = {
         "best_epoch": int(best["epoch"]),
         "best_val_loss": best[MONITOR],
-        "best_val_acc": best["val/acc"],
+        f"best_val_{score}": best[f"val/{score}"],
         "epochs": len(table),
     }
     write_json(run.metrics, metrics)
@@ -138,7 +139,7 @@ def write_results(
         {
             "seed": params.seed,
             **metrics,
-            "test_acc_in_fit": test_acc,
+            f"test_{score}_in_fit": test_score,
             "params": {"model": params.model.model_dump(), "optim": params.optim.model_dump()},
             "swa_start_epoch": swa_start,
             # The average takes epoch swa_start's weights before that epoch's validation.
@@ -147,9 +148,11 @@ def write_results(
             **described,
         },
     )
-    log.info("%sbest epoch %d: val/loss %.4f, val/acc %.4f", label, best["epoch"], best[MONITOR], best["val/acc"])
+    log.info(
+        "%sbest epoch %d: val/loss %.4f, val/%s %.4f", label, best["epoch"], best[MONITOR], score, best[f"val/{score}"]
+    )
     add_log_file(tensorboard, run.log)
-    session.end_session(test_acc)
+    session.end_session(test_score)
     if preemption.signal:
         log.warning("%s%s came after training: the fit finished its results", label, preemption.signal)
     return preemption.signal
@@ -170,13 +173,13 @@ def keep_only_replicates_of(seeds: list[int]) -> None:
         write_json(directory / paths.REPLICATES_INDEX, {"seeds": seeds, "runs": index})
 
 
-def test_accuracy_of_checkpoint(
-    params: Params, data: PreparedData, tensorboard, checkpoint: Path, preemption: Preemption
+def test_score_of_checkpoint(
+    params: Params, data: PreparedData, tensorboard, checkpoint: Path, preemption: Preemption, score: str
 ) -> float:
-    """Test accuracy of the checkpoint, for the HPARAMS table. The fit's `preemption` keeps the signals:
-    Lightning's own SIGTERM handling would stop this test."""
-    model = Classifier.from_checkpoint(checkpoint)
+    """The checkpoint's test score (accuracy, or RMSE), for the HPARAMS table. The fit's `preemption` keeps the
+    signals: Lightning's own SIGTERM handling would stop this test."""
+    model = LitModel.from_checkpoint(checkpoint)
     trainer = make_trainer(params, logger=tensorboard, callbacks=[preemption])
     (result,) = trainer.test(model, datamodule=data, verbose=False)
-    log.info("test accuracy of the checkpoint: %.4f", result["test/acc"])
-    return result["test/acc"]
+    log.info("test/%s of the checkpoint: %.4f", score, result[f"test/{score}"])
+    return result[f"test/{score}"]

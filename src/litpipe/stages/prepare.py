@@ -1,9 +1,10 @@
-"""prepare: load the dataset, split it with its own seed, store uint8 arrays and meta.json.
+"""prepare: load the dataset, split it with its own seed, store NumPy arrays and meta.json.
 
-Each split is two NumPy files, `<split>-images.npy` (uint8 N x C x H x W) and `<split>-labels.npy`
-(int64), written a chunk of images at a time into a memory-mapped array: prepare never holds more than
-a chunk of a dataset's pixels, and training memory-maps the same files (data/prepared.py). The files
-are written into a new directory that replaces data/prepared once all are complete.
+Each split is two NumPy files, `<split>-x.npy` and `<split>-y.npy`: images as uint8 N x C x H x W with int64
+classes; a table's rows encoded as float32 N x F (data/encoding.py) with int64 classes or the float32 target.
+The inputs are written a chunk at a time: prepare never holds more than a chunk of a dataset's pixels or rows,
+and training memory-maps the same files (data/prepared.py). The files are written into a new directory that
+replaces data/prepared once all are complete.
 """
 
 import logging
@@ -11,19 +12,23 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
 from litpipe import paths
 from litpipe.config import Params
+from litpipe.data import encoding
 from litpipe.data.loaders import LOADERS
 from litpipe.data.source import Images, Source, fit_to, square_shape
+from litpipe.data.table import Table
 from litpipe.errors import StageError
 from litpipe.io import atomic_directory, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 * 2**20  # pixels written at a time (resizing holds a few float32 copies of them)
+CLASSES_MAX = 20  # a table's whole-number target with up to this many values is classes (unless data.task says)
 
 
 def run(params: Params) -> None:
@@ -34,10 +39,19 @@ def run(params: Params) -> None:
             source.read_from,
             paths.RAW,
         )
+    if isinstance(source, Table):
+        prepare_table(source, params)
+    else:
+        prepare_images(source, params)
+
+
+def prepare_images(source: Source, params: Params) -> None:
     side = params.data.image_size
     shape = square_shape(tuple(source.images.shape[1:]), side)
     meta = {
         "dataset": params.data.dataset,
+        "kind": "images",
+        "task": "classification",
         "class_names": source.class_names,
         "num_classes": len(source.class_names),
         "input_shape": list(shape),
@@ -59,8 +73,161 @@ def run(params: Params) -> None:
         write_json(directory / paths.META.name, meta)
 
 
-def load_source(params: Params) -> Source:
+def load_source(params: Params) -> Source | Table:
     return LOADERS[params.data.dataset](params.data)
+
+
+def prepare_table(table: Table, params: Params) -> None:
+    """A table's rows, encoded with the training split's statistics (data/encoding.py), as the prepared splits."""
+    data = params.data
+    features = data.features if data.features is not None else [c for c in table.columns if c != table.target]
+    if not features:
+        raise StageError(f"{table.name}: no feature columns to predict {table.target!r} from")
+    found = encoding.scan(table, features)
+    if found.rows == 0:
+        raise StageError(f"{table.name}: no rows")
+    refuse_missing(table, found, features, data.missing)
+    task, y, class_names = target_of(table, found, data.task)
+    indices = split_indices(y, data.test_fraction, data.val_fraction, data.split_seed, data.train_images, class_names)
+    categorical = encoding.categorical_columns(features, found, set(data.categorical))
+    in_train = np.zeros(found.rows, dtype=bool)
+    in_train[indices["train"].numpy()] = True
+    coder = encoding.Encoding.fit(
+        _rows(table.chunks(features, categorical), in_train), features, found, categorical, data.missing == "impute"
+    )
+    meta = {
+        "dataset": data.dataset,
+        "kind": "table",
+        "task": task,
+        "source": table.name,
+        "columns": features,
+        "features": coder.names,
+        "encoding": coder.to_meta(),
+        "input_shape": [len(coder.names)],
+        "target": {"name": table.target},
+        "split_seed": data.split_seed,
+        "official_test_split": False,
+        "sizes": {name: len(rows) for name, rows in indices.items()},
+        "sha256": {},
+    }
+    train_y = y[indices["train"]].double()
+    if class_names is None:
+        meta["target"].update(mean=train_y.mean().item(), std=max(train_y.std().item(), 1e-12))
+    else:
+        counts = {name: torch.bincount(y[rows], minlength=len(class_names)).tolist() for name, rows in indices.items()}
+        meta.update(class_names=class_names, num_classes=len(class_names), class_counts=counts)
+    with atomic_directory(paths.PREPARED) as directory:
+        write_table_splits(directory, table, coder, features, indices, y, meta["sha256"])
+        write_json(directory / paths.META.name, meta)
+    log.info(
+        "%s: %d rows, %d features (%d columns encoded), %s of %r; %s",
+        table.name,
+        found.rows,
+        len(coder.names),
+        len(features),
+        task,
+        table.target,
+        ", ".join(f"{name} {size}" for name, size in meta["sizes"].items()),
+    )
+
+
+def refuse_missing(table: Table, found: encoding.Scan, features: list[str], missing: str) -> None:
+    """A missing target is refused always (a row without one can neither train nor test); a missing feature
+    unless data.missing is impute."""
+    if found.missing[table.target]:
+        raise StageError(
+            f"{table.name}: the target {table.target!r} is missing in {found.missing[table.target]} rows; "
+            "drop those rows or fill them in"
+        )
+    gaps = {column: found.missing[column] for column in features if found.missing[column]}
+    if gaps and missing == "refuse":
+        column, count = next(iter(gaps.items()))
+        more = f" (and {len(gaps) - 1} more columns)" if len(gaps) > 1 else ""
+        raise StageError(
+            f"{table.name}: column {column!r} has {count} missing values{more}; fill them in, or set data.missing: "
+            "impute (the training median or most frequent value, plus a column saying where)"
+        )
+
+
+def target_of(table: Table, found: encoding.Scan, task: str | None) -> tuple[str, torch.Tensor, list[str] | None]:
+    """The task, the target of every row (class indices, or the float32 value) and the class names (None to
+    regress). Unless data.task says, a target of text, or of whole numbers with few values, is classes."""
+    values = found.target
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if task is None:
+        whole = numeric and bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1) == 0))
+        task = "regression" if numeric and not (whole and values.nunique() <= CLASSES_MAX) else "classification"
+    if task == "regression":
+        if not numeric:
+            example = values.iloc[int(np.argmax(pd.to_numeric(values, errors="coerce").isna()))]
+            raise StageError(
+                f"{table.name}: data.task regression needs a numeric target, and {table.target!r} holds {example!r}"
+            )
+        return task, torch.from_numpy(values.to_numpy(dtype=np.float32)), None
+    names = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    class_names = sorted(names.unique(), key=lambda name: (pd.to_numeric(name, errors="coerce"), name))
+    if len(class_names) < 2:
+        raise StageError(f"{table.name}: the target {table.target!r} has one value only; there is nothing to classify")
+    codes = pd.Categorical(names, categories=class_names).codes
+    return task, torch.from_numpy(codes.astype(np.int64)), class_names
+
+
+def split_indices(
+    y: torch.Tensor,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    train_rows: int | None,
+    class_names: list[str] | None,
+) -> dict[str, torch.Tensor]:
+    """A table's rows per split, sorted: stratified by class to classify, at random to regress."""
+    stratify = class_names is not None
+    rows, test = _stratified(torch.arange(len(y)), y, test_fraction, seed, stratify)
+    train, val = _stratified(rows, y[rows], val_fraction, seed, stratify)
+    if train_rows is not None:
+        train = _sample(train, y[train], train_rows, seed, stratify)
+    return {"train": train, "val": val, "test": test}
+
+
+def _rows(chunks, keep: np.ndarray):
+    """The rows of `chunks` whose place in the table `keep` marks."""
+    offset = 0
+    for chunk in chunks:
+        yield chunk[keep[offset : offset + len(chunk)]]
+        offset += len(chunk)
+
+
+def write_table_splits(
+    directory: Path,
+    table: Table,
+    coder: encoding.Encoding,
+    features: list[str],
+    indices: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    digests: dict[str, str],
+) -> None:
+    """Each split's encoded rows (float32, in the table's order) and targets, in one pass over the table."""
+    place = np.full(len(y), -1, dtype=np.int8)  # the split of each row (-1: left out by data.train_images)
+    for number, rows in enumerate(indices.values()):
+        place[rows.numpy()] = number
+    files = [(directory / paths.split_files(name)[0].name).open("wb") for name in indices]
+    try:
+        for file, rows in zip(files, indices.values()):
+            header = {"descr": "<f4", "fortran_order": False, "shape": (len(rows), len(coder.names))}
+            np.lib.format.write_array_header_1_0(file, header)
+        offset = 0
+        for chunk in table.chunks(features, coder.text):
+            encoded, where = coder.transform(chunk), place[offset : offset + len(chunk)]
+            for number, file in enumerate(files):
+                file.write(encoded[where == number].tobytes())
+            offset += len(chunk)
+    finally:
+        for file in files:
+            file.close()
+    for name, rows in indices.items():
+        x_file, y_file = (directory / path.name for path in paths.split_files(name))
+        np.save(y_file, y[rows].numpy())
+        digests.update({file.name: file_sha256(file) for file in (x_file, y_file)})
 
 
 def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor | Images, torch.Tensor, torch.Tensor]]:
@@ -83,9 +250,9 @@ def split(source: Source, params: Params) -> dict[str, tuple[torch.Tensor | Imag
     return {"train": (source.images, train_idx, source.labels[train_idx]), "val": val, "test": test}
 
 
-def _sample(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """n of the training images, in proportion to their classes (data.train_images)."""
-    classes = len(labels.unique())
+def _sample(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int, stratify: bool = True) -> torch.Tensor:
+    """n of the training samples, in proportion to their classes (data.train_images)."""
+    classes = len(labels.unique()) if stratify else 1
     if not classes <= n <= len(indices):
         raise StageError(
             f"data.train_images {n}: the training split holds {len(indices)} images of {classes} classes; "
@@ -94,18 +261,20 @@ def _sample(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> t
     if n == len(indices):
         return indices
     try:
-        kept, _ = train_test_split(indices.numpy(), train_size=n, stratify=labels.numpy(), random_state=seed)
+        kept, _ = train_test_split(
+            indices.numpy(), train_size=n, stratify=labels.numpy() if stratify else None, random_state=seed
+        )
     except ValueError as error:  # a class too small to sample in proportion
         raise StageError(f"data.train_images {n}: cannot sample the training split by class: {error}") from None
     return torch.from_numpy(kept).sort().values
 
 
 def _stratified(
-    indices: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int
+    indices: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int, stratify: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         keep, held_out = train_test_split(
-            indices.numpy(), test_size=fraction, stratify=labels.numpy(), random_state=seed
+            indices.numpy(), test_size=fraction, stratify=labels.numpy() if stratify else None, random_state=seed
         )
     except ValueError as error:  # a class with one image, or fewer images than classes in a split
         raise StageError(f"cannot split the data in proportion to its classes: {error}") from None

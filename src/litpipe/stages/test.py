@@ -1,27 +1,30 @@
 """test: a fresh process loads each seed's checkpoint and evaluates the test split.
 
-results/test/metrics.json holds the accuracy and loss of models/best.ckpt (the first seed's model, the one
-analyze and the report dissect), the number of seeds, with several seeds the mean, standard deviation
-and 95% confidence interval of each metric over them, and the trivial baseline's numbers on the same test
-split (baselines.py); results/test/seeds.csv has one row per seed.
+results/test/metrics.json holds the test numbers of models/best.ckpt (the first seed's model, the one analyze and
+the report dissect): accuracy and loss to classify; RMSE, MAE (in the target's units), R² and loss to regress.
+Then the number of seeds, with several seeds the mean, standard deviation and 95% confidence interval of each
+metric over them, and the baselines' numbers on the same test split (baselines.py: trivial; on tables, linear
+too); results/test/seeds.csv has one row per seed.
 """
 
 import logging
 
 import pandas as pd
+import torch
 
 from litpipe import baselines, paths
 from litpipe.config import Params
-from litpipe.data.prepared import PreparedData, load_meta, load_split
+from litpipe.data.prepared import PreparedData, Split, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
-from litpipe.models.classifier import Classifier
+from litpipe.models import tasks
+from litpipe.models.lit_model import LitModel
 from litpipe.spread import STATISTICS, spread
 from litpipe.training import make_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
-METRICS = {"accuracy": "test/acc", "loss": "test/loss"}
+CHUNK = 4096  # test samples through the network at a time
 
 
 def run(params: Params) -> None:
@@ -34,29 +37,59 @@ def run(params: Params) -> None:
             "run `dvc repro fit` (or `litpipe fit`) first"
         )
     seed_everything(params.seed)
-    trainer, data = make_trainer(params), PreparedData.from_params(params)
+    meta = load_meta()
+    task = tasks.of(meta)
+    trainer, data, test = make_trainer(params), PreparedData.from_params(params), load_split("test")
     rows = []
     for seed, checkpoint in checkpoints.items():
-        (result,) = trainer.test(Classifier.from_checkpoint(checkpoint), datamodule=data, verbose=False)
-        rows.append({"seed": seed, **{name: result[key] for name, key in METRICS.items()}})
-        log.info("seed %d (%s): accuracy %.4f, loss %.4f", seed, checkpoint, rows[-1]["accuracy"], rows[-1]["loss"])
+        model = LitModel.from_checkpoint(checkpoint)
+        (result,) = trainer.test(model, datamodule=data, verbose=False)
+        rows.append({"seed": seed, **scores(model, result, test)})
+        log.info("seed %d (%s): %s", seed, checkpoint, described(rows[-1], task))
     table = pd.DataFrame(rows)
     with atomic_path(paths.TEST_SEEDS) as tmp:
         table.to_csv(tmp, index=False)
 
-    first, meta = rows[0], load_meta()
-    metrics = {"accuracy": first["accuracy"], "loss": first["loss"], "samples": meta["sizes"]["test"]}
-    metrics["seeds"] = len(rows)
-    for name in METRICS:
+    names, headline = task.reported, task.headline
+    metrics = {name: rows[0][name] for name in names} | {"samples": meta["sizes"]["test"], "seeds": len(rows)}
+    for name in names:
         for statistic, value in (spread(table[name].tolist()) or {}).items():
             metrics[f"{name}_{statistic}"] = value
-    metrics["baselines"] = {"trivial": baselines.trivial(meta["class_counts"]["train"], load_split("test").y.numpy())}
+    metrics["baselines"] = baselines_of(meta, test)
     write_json(paths.TEST_METRICS, metrics)
-    log.info("test: accuracy %.4f, loss %.4f on %d samples", metrics["accuracy"], metrics["loss"], metrics["samples"])
-    log.info("the network %s", baselines.margin(metrics["accuracy"], metrics["baselines"]["trivial"]["accuracy"]))
+    log.info("test: %s on %d samples", described(metrics, task), metrics["samples"])
+    for name, numbers in metrics["baselines"].items():
+        log.info("the network %s", baselines.margin(metrics[headline], numbers[headline], name, task.higher_is_better))
     if len(rows) > 1:
         log.info(
-            "over %d seeds: accuracy %.4f ± %.4f (std), 95%% CI [%.4f, %.4f]",
+            "over %d seeds: %s %.4f ± %.4f (std), 95%% CI [%.4f, %.4f]",
             len(rows),
-            *(metrics[f"accuracy_{statistic}"] for statistic in STATISTICS),
+            headline,
+            *(metrics[f"{headline}_{statistic}"] for statistic in STATISTICS),
         )
+
+
+def scores(model: LitModel, result: dict[str, float], test: Split) -> dict[str, float]:
+    """The model's test numbers: the loss and accuracy its test loop summed; to regress, RMSE, MAE and R² of its
+    predictions, through torchmetrics (baselines.regression_scores), and its loss."""
+    if model.task.name == tasks.CLASSIFICATION:
+        return {"accuracy": result["test/acc"], "loss": result["test/loss"]}
+    predicted = torch.cat([model.predict(part) for part in test.x.split(CHUNK)])
+    return {**baselines.regression_scores(predicted, test.y), "loss": result["test/loss"]}
+
+
+def baselines_of(meta: dict, test: Split) -> dict[str, dict[str, float]]:
+    """The trivial baseline; on a table, the linear one too (fitted on the same encoded training rows)."""
+    classes = meta.get("num_classes") if tasks.of(meta) is tasks.Classification else None
+    train = load_split("train") if meta.get("kind") == "table" or classes is None else None
+    if classes is None:
+        found = {"trivial": baselines.trivial_regression(train.y.numpy(), test.y.numpy())}
+    else:
+        found = {"trivial": baselines.trivial(meta["class_counts"]["train"], test.y.numpy())}
+    if meta.get("kind") == "table":
+        found["linear"] = baselines.linear(train.x.numpy(), train.y.numpy(), test.x.numpy(), test.y.numpy(), classes)
+    return found
+
+
+def described(numbers: dict[str, float], task: type[tasks.Task]) -> str:
+    return ", ".join(f"{name} {numbers[name]:.4f}" for name in task.reported)

@@ -1,5 +1,5 @@
-"""The LightningModule: normalisation, a network from the zoo (models/zoo.py), losses, metrics, and the optimiser
-and schedule of params.optim (models/optim.py).
+"""The LightningModule: normalisation, a network from the zoo (models/zoo.py), the task's loss and metrics
+(models/tasks.py), and the optimiser and schedule of params.optim (models/optim.py).
 
 A batch from the data module may hold several steps' worth of samples: Lightning's loop costs about
 a millisecond per batch (hooks, progress, result bookkeeping), as much as a step of a small model.
@@ -16,19 +16,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from litpipe import checkpoints
 from litpipe.errors import ConfigError, StageError
 from litpipe.models.augment import augment, check_crop
-from litpipe.models import optim, zoo
+from litpipe.models import optim, tasks, zoo
 
 MONITOR = "val/loss"  # what the learning-rate schedule, early stopping, checkpoints and the search minimise
 
 
-class Classifier(pl.LightningModule):
+class LitModel(pl.LightningModule):
     def __init__(
         self,
         arch: str,
@@ -36,9 +35,9 @@ class Classifier(pl.LightningModule):
         net_kwargs: dict[str, Any],
         stem: str,
         input_shape: list[int],
-        num_classes: int,
-        mean: list[float],
-        std: list[float],
+        num_classes: int,  # the network's outputs: the classes, or 1 to regress
+        mean: list[float] | None,  # per image channel; None: the inputs are standardised already (tables)
+        std: list[float] | None,
         lr: float,
         weight_decay: float,
         plateau_factor: float,
@@ -53,22 +52,31 @@ class Classifier(pl.LightningModule):
         nesterov: bool = False,
         scheduler: str = "plateau",
         warmup_epochs: int = 0,
+        task: str = "classification",
+        target_mean: float = 0.0,  # regression: the training split's target, which the network learns standardised
+        target_std: float = 1.0,
+        loss: str = "auto",
     ) -> None:
         super().__init__()
         check_crop(augment_crop, input_shape)
         self.save_hyperparameters()
         self.automatic_optimization = False
+        self.task = tasks.make(task, num_classes, target_mean, target_std, loss)
         self.net = zoo.build(arch, net_kwargs, stem, tuple(input_shape), num_classes)
         # Normalisation lives in the model, so a checkpoint is usable on raw uint8 images alone.
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.example_input_array = torch.zeros(1, *input_shape, dtype=torch.uint8)
-        self._sums: dict[str, torch.Tensor] = {}  # split -> (loss x samples, correct) of this epoch so far
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, *[1] * (len(input_shape) - 1)))
+            self.register_buffer("std", torch.tensor(std).view(1, -1, *[1] * (len(input_shape) - 1)))
+        else:
+            self.mean = self.std = None
+        dtype = torch.uint8 if mean is not None else torch.float32
+        self.example_input_array = torch.zeros(1, *input_shape, dtype=dtype)
+        self._sums: dict[str, torch.Tensor] = {}  # split -> the task's sums of this epoch so far
         self._samples: dict[str, int] = {}
         self._plain_backward = False  # decided when training starts
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str) -> "Classifier":
+    def from_checkpoint(cls, path: Path | str) -> "LitModel":
         """The model in a checkpoint, on the CPU, in eval mode: read with weights_only semantics and checked
         against its checksum (litpipe.checkpoints)."""
         contents = checkpoints.read(path)
@@ -79,7 +87,7 @@ class Classifier(pl.LightningModule):
             raise StageError(f"{path}: {error}") from None
         except (KeyError, TypeError, RuntimeError) as error:
             first = str(error).splitlines()[0]
-            raise StageError(f"{path}: not a checkpoint of this classifier ({first}); run the fit again") from None
+            raise StageError(f"{path}: not a checkpoint of a litpipe model ({first}); run the fit again") from None
         return model.eval()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -90,7 +98,13 @@ class Classifier(pl.LightningModule):
         return self.net(self.normalise(x))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        return x.float() if self.mean is None else (x.float() - self.mean) / self.std
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """What the task's outputs mean (class probabilities, or the target in its units), in eval mode, without
+        gradients."""
+        with torch.no_grad():
+            return self.task.predict(self.eval()(x))
 
     def forward_with_activations(
         self, x: torch.Tensor, layers: Sequence[str] = (), pooled: bool = False, chunk: int | None = None
@@ -129,9 +143,9 @@ class Classifier(pl.LightningModule):
     # per-step `.item()` would make the host wait for the device.
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        sums = torch.stack((loss.detach() * len(y), (logits.argmax(dim=1) == y).sum().to(loss.dtype)))
+        out = self(x)
+        loss = self.task.loss(out, y)
+        sums = self.task.sums(out, y, loss)
         self._sums[split] = self._sums[split] + sums if split in self._sums else sums
         self._samples[split] = self._samples.get(split, 0) + len(y)
         return loss
@@ -153,12 +167,12 @@ class Classifier(pl.LightningModule):
     def _log_epoch(self, split: str) -> None:
         """Log the epoch's means after its last batch: callbacks (History) read them in their epoch-end
         hooks, which Lightning calls before the module's own."""
-        loss, acc = self._sums.pop(split) / self._samples.pop(split)
+        means = self.task.means(self._sums.pop(split), self._samples.pop(split))
         # Under DDP each rank trains on its own equal shard (means averaged across ranks); evaluation sees all data.
         # Training and validation reach the loggers through History, at the optimizer step count; Lightning
         # would log them at its batch count, which is not the step axis the monitors use.
         self.log_dict(
-            {f"{split}/loss": loss, f"{split}/acc": acc},
+            {f"{split}/{name}": value for name, value in means.items()},
             on_step=False,
             on_epoch=True,
             batch_size=1,

@@ -1,0 +1,134 @@
+"""Tables: rows of measurements with a target column, from a CSV or Parquet file (data.dataset: table, data.root
+the file) or embedded in scikit-learn (diabetes: regression; wine: classification).
+
+A table is read a chunk of rows at a time, in order, as often as prepare needs (data/encoding.py): prepare never
+holds more than a chunk of it, plus one number per row for the split, so a file larger than memory prepares.
+"""
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn import datasets
+
+from litpipe.config import DataParams
+from litpipe.errors import StageError
+
+CHUNK_ROWS = 50_000
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # the file, or the embedded table's name, for messages
+    columns: list[str]
+    target: str  # the column to predict
+    # Chunks of rows, in order, of the named columns; those in the set as text (categories), missing as NaN.
+    read: Callable[[list[str], set[str]], Iterator[pd.DataFrame]]
+    read_from: Path | None = None  # the file, for a table that has one
+
+    def chunks(self, columns: list[str], text: set[str] = frozenset()) -> Iterator[pd.DataFrame]:
+        return self.read(columns, set(text))
+
+
+def load(params: DataParams) -> Table:
+    """data.dataset: table — the CSV or Parquet file data.root names."""
+    path = Path(params.root)
+    if not path.is_file():
+        raise StageError(f"data.root {path} is not a file; data.dataset table reads a .csv or .parquet file")
+    if params.target is None:
+        raise StageError("data.target is null; data.dataset table needs the name of the column to predict")
+    if path.name.endswith(PARQUET_SUFFIXES):
+        columns, read = _parquet(path)
+    elif path.name.endswith(CSV_SUFFIXES):
+        columns, read = _csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    else:
+        raise StageError(
+            f"data.root {path}: not a table file; name a {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)} file"
+        )
+    return _checked(Table(str(path), columns, params.target, read, path), params)
+
+
+def load_diabetes(params: DataParams) -> Table:
+    """scikit-learn's diabetes measurements in their own units (442 patients, 10 features; sex is 1 or 2): a
+    number to predict, disease progression a year later."""
+    frame = datasets.load_diabetes(as_frame=True, scaled=False).frame
+    return _checked(_embedded("diabetes", frame, params.target or "target"), params)
+
+
+def load_wine(params: DataParams) -> Table:
+    """scikit-learn's wine: 178 wines, 13 chemical measurements, 3 cultivars to tell apart."""
+    bunch = datasets.load_wine(as_frame=True)
+    frame = bunch.frame.assign(target=np.asarray(bunch.target_names)[bunch.target])
+    return _checked(_embedded("wine", frame, params.target or "target"), params)
+
+
+def _embedded(name: str, frame: pd.DataFrame, target: str) -> Table:
+    def read(columns: list[str], text: set[str]) -> Iterator[pd.DataFrame]:
+        for start in range(0, len(frame), CHUNK_ROWS):
+            yield _as_text(frame.iloc[start : start + CHUNK_ROWS][columns].reset_index(drop=True), text)
+
+    return Table(name, [str(column) for column in frame.columns], target, read)
+
+
+def _csv(path: Path, sep: str) -> tuple[list[str], Callable[[list[str], set[str]], Iterator[pd.DataFrame]]]:
+    try:
+        columns = [str(column) for column in pd.read_csv(path, sep=sep, nrows=0).columns]
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise StageError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+
+    def read(wanted: list[str], text: set[str]) -> Iterator[pd.DataFrame]:
+        options = {"sep": sep, "usecols": wanted, "chunksize": CHUNK_ROWS, "dtype": dict.fromkeys(text, str)}
+        try:
+            with pd.read_csv(path, **options) as reader:
+                for chunk in reader:
+                    yield chunk[wanted]
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+            raise StageError(f"{path}: {str(error).splitlines()[0]}") from None
+
+    return columns, read
+
+
+def _parquet(path: Path) -> tuple[list[str], Callable[[list[str], set[str]], Iterator[pd.DataFrame]]]:
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as error:
+        raise StageError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]})") from None
+    columns = list(file.schema_arrow.names)
+
+    def read(wanted: list[str], text: set[str]) -> Iterator[pd.DataFrame]:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=wanted):
+            yield _as_text(batch.to_pandas()[wanted], text)
+
+    return columns, read
+
+
+def _as_text(frame: pd.DataFrame, text: set[str]) -> pd.DataFrame:
+    """The `text` columns as strings (a category's name), missing values kept missing."""
+    for column in text:
+        values = frame[column]
+        frame[column] = values.astype(object).where(values.isna(), values.astype(str))
+    return frame
+
+
+def _checked(table: Table, params: DataParams) -> Table:
+    """Every column params name exists (one line naming the first that does not, and its nearest match)."""
+    named = [("data.target", table.target)]
+    named += [("data.features", column) for column in params.features or []]
+    named += [("data.categorical", column) for column in params.categorical]
+    for key, column in named:
+        if column not in table.columns:
+            close = difflib.get_close_matches(column, table.columns, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            shown = ", ".join(table.columns[:12]) + (", ..." if len(table.columns) > 12 else "")
+            raise StageError(f"{key}: {table.name} has no column {column!r}{hint}; its columns: {shown}")
+    if len(set(table.columns)) != len(table.columns):
+        repeated = next(column for column in table.columns if table.columns.count(column) > 1)
+        raise StageError(f"{table.name}: the column {repeated!r} appears twice; give each column its own name")
+    return table
