@@ -28,4 +28,10 @@ def test_the_trivial_baseline_is_scikit_learns_prior_classifier(seed):
 
 def test_the_margin_says_whether_the_network_beats_it():
     assert baselines.margin(0.9, 0.1) == "beats the trivial baseline (0.1000) by 0.8000"
-    assert baselines.margin(0.1, 0.1).startswith("does not beat the trivial baseline (0.1000)")
+    assert baselines.margin(0.05, 0.1).startswith("does not beat the trivial baseline (0.1000)")
+    assert baselines.margin(0.1, 0.1) == "equals the trivial baseline (0.1000)"
+    # Lower is better for an error: an RMSE below the baseline's beats it.
+    assert (
+        baselines.margin(2.0, 3.0, "linear", higher_is_better=False) == "beats the linear baseline (3.0000) by 1.0000"
+    )
+    assert baselines.margin(4.0, 3.0, "linear", higher_is_better=False) == "does not beat the linear baseline (3.0000)"

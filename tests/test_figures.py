@@ -18,7 +18,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from litpipe import plots
+from litpipe import paths, plots
 from litpipe.data.prepared import Split
 from litpipe.stages import analyze
 
@@ -248,3 +248,47 @@ def test_importing_plots_keeps_a_notebooks_inline_backend_and_is_headless_elsewh
     )
     shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert shown.stdout.strip().lower() == (backend or "agg")
+
+
+def test_the_regression_figures_name_columns_literally_with_nothing_clipped(saved):
+    """Regression's diagnostics on a table whose column names mathtext would read and whose categories are long:
+    every figure inside its own size, the names as written."""
+    from litpipe.analysis import regression
+
+    rng = np.random.default_rng(0)
+    rows = 120
+    values = pd.DataFrame(
+        {
+            "price_$5$_and_$10$": rng.normal(50, 10, rows),
+            "a_very_long_column_name_of_a_measurement": rng.uniform(0, 1, rows),
+            "district": rng.choice(["WWWWWWWWWWWWWWWWWWWW", "x_1^2", "$\\frac$_broken_math"], rows),
+        }
+    )
+    actual = rng.normal(1000, 300, rows)
+    residuals = regression.residual_table(actual + rng.normal(0, 100, rows), actual)
+    importance = pd.DataFrame(
+        {"column": list(values.columns), "rmse_increase": [3.0, 2.0, 1.0], "std": [0.5, 0.4, 0.3]}
+    )
+    regression.plot_residuals_vs_fitted(residuals)
+    regression.plot_predicted_vs_actual(residuals, 0.5)
+    regression.plot_residual_distribution(residuals)
+    regression.plot_residuals_vs_features(residuals, values, importance)
+    regression.plot_importance(importance)
+    regression.plot_error_by_decile(regression.error_by_decile(residuals))
+    hidden = {"hidden1": torch.randn(rows, 8), "hidden2": torch.randn(rows, 4)}
+    analyze.plot_pca_by_target({k: analyze.project(v) for k, v in hidden.items()}, actual, "price_$5$")
+    assert set(saved) == {*paths.REGRESSION_PLOTS, "activations_pca"}
+    for name, fig in saved.items():
+        assert_nothing_clipped(fig, Path("results/analysis") / f"{name}.png")
+    texts = [text.get_text() for fig in saved.values() for text in drawn_texts(fig) if not text.get_parse_math()]
+    assert {"price_$5$_and_$10$", "$\\frac$_broken_math", "price_$5$ (actual)"} <= set(texts)
+
+
+def test_the_activation_evolution_of_one_layer_has_room_for_its_title(saved):
+    rows = [
+        {"epoch": e, "layer": "hidden1", "mean": 0.1, "std": 0.2, "dead_fraction": 0.0, "q05": 0, "q25": 0.05,
+         "q50": 0.1, "q75": 0.2, "q95": 0.5, "max": 1.0}
+        for e in range(5)
+    ]  # fmt: skip
+    analyze.plot_activation_evolution(pd.DataFrame(rows))
+    assert_nothing_clipped(saved["activations_evolution"], Path("results/analysis/activations_evolution.png"))

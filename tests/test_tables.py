@@ -69,7 +69,9 @@ def test_numbers_are_standardised_with_the_training_rows_and_categories_are_one_
     rows = source.loc[test.y.numpy()]
     assert (decoded["site"].to_numpy() == rows["site"].to_numpy()).all()
     assert (decoded["sensor"].to_numpy() == rows["sensor"].to_numpy()).all()
-    np.testing.assert_allclose(decoded[["depth_m", "salinity"]].to_numpy(float), rows[["depth_m", "salinity"]], rtol=1e-5)
+    np.testing.assert_allclose(
+        decoded[["depth_m", "salinity"]].to_numpy(float), rows[["depth_m", "salinity"]], rtol=1e-5
+    )
     assert meta["target"]["mean"] == pytest.approx(float(load_split("train").y.double().mean()), rel=1e-9)
 
 
@@ -91,13 +93,21 @@ def test_missing_values_are_refused_in_one_line_naming_the_column_and_count(work
     params = tmp_path / "params.yaml"
     workspace()  # params.yaml and the digits data: what a refused prepare must leave as it was
     before = {path: path.read_bytes() for path in paths.PREPARED.iterdir()}
-    text = params.read_text().replace("dataset: digits", "dataset: table").replace("target: null", "target: temperature")
+    text = (
+        params.read_text().replace("dataset: digits", "dataset: table").replace("target: null", "target: temperature")
+    )
     params.write_text(text.replace("root: data/raw", f"root: {tmp_path / 'gaps.csv'}"))
-    result = subprocess.run([sys.executable, "-m", "litpipe.cli", "prepare"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "litpipe.cli", "prepare"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "column 'salinity' has 3 missing values (and 1 more columns); fill them in, or set data.missing: impute "
-        "(the training median or most frequent value, plus a column saying where)"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "column 'salinity' has 3 missing values (and 1 more columns); fill them in, or set data.missing: impute "
+            "(the training median or most frequent value, plus a column saying where)"
+        )
     )
     assert {path: path.read_bytes() for path in paths.PREPARED.iterdir()} == before
 
@@ -164,7 +174,9 @@ def test_regression_of_a_text_target_is_one_line(workspace):
     from litpipe.errors import StageError
 
     frame = measurements().assign(temperature=np.where(np.arange(ROWS) % 2, "warm", "cold"))
-    with pytest.raises(StageError, match=r"data.task regression needs a numeric target, and 'temperature' holds 'cold'"):
+    with pytest.raises(
+        StageError, match=r"data.task regression needs a numeric target, and 'temperature' holds 'cold'"
+    ):
         prepare(workspace, frame, **{"data.task": "regression"})
 
 
@@ -172,7 +184,10 @@ def test_regression_of_a_text_target_is_one_line(workspace):
     ("changes", "message"),
     [
         ({"data.target": "temperatur"}, r"data.target: .* has no column 'temperatur' \(did you mean 'temperature'\?\)"),
-        ({"data.features": ["depth_m", "depht"]}, r"data.features: .* has no column 'depht' \(did you mean 'depth_m'\?\)"),
+        (
+            {"data.features": ["depth_m", "depht"]},
+            r"data.features: .* has no column 'depht' \(did you mean 'depth_m'\?\)",
+        ),
     ],
 )
 def test_a_column_the_table_lacks_is_named_with_its_nearest(workspace, changes, message):
@@ -256,3 +271,137 @@ def test_the_linear_baseline_finds_a_linear_target_and_beats_the_trivial_one():
     found = baselines.linear(x[:300], classes[:300], x[300:], classes[300:], 3)
     assert found["accuracy"] > 0.9 and found["loss"] < 0.5
     assert json.dumps(found)  # plain numbers, for metrics.json
+
+
+def fitted(workspace, frame: pd.DataFrame, **changes):
+    """`frame` prepared as a table and a model fitted on it for a few epochs."""
+    from litpipe.io import write_json
+    from litpipe.stages import fit
+
+    params = prepare(workspace, frame, **changes)
+    write_json(paths.SEARCH_BEST, {"params": {}})
+    fit.run(params.override({"train.max_epochs": 3, "observe.activations": False}))
+
+
+def predict(*args: str) -> subprocess.CompletedProcess:
+    from .helpers import tool_env
+
+    return subprocess.run(
+        ["litpipe", "predict", *args], env=tool_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["temperature", "site"])
+def test_predict_writes_each_rows_prediction_beside_it_as_the_model_gives_it(workspace, tmp_path, target):
+    """New rows as a CSV (another column order, an extra column, categories as text): the predictions are the
+    model's on the same rows of the prepared test split; to classify, with each class's probability."""
+    from litpipe.models.lit_model import LitModel
+
+    frame = measurements()
+    fitted(
+        workspace,
+        frame.rename(columns={target: "temperature", "temperature": target}) if target != "temperature" else frame,
+    )
+    meta, test = load_meta(), load_split("test")
+    rows = encoding.Encoding.from_meta(meta["encoding"]).decode(test.x.numpy())
+    rows = rows[rows.columns[::-1]].assign(note="kept as it is")
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    result = predict(str(tmp_path / "new.csv"), "--out", "out/predicted.csv")
+    assert result.returncode == 0, result.stderr
+    written = pd.read_csv("out/predicted.csv")
+    assert (
+        list(written.columns[: len(rows.columns)]) == list(rows.columns) and (written["note"] == "kept as it is").all()
+    )
+    expected = LitModel.from_checkpoint(paths.BEST_CKPT).predict(test.x).numpy()
+    if meta["task"] == "regression":
+        np.testing.assert_allclose(written["predicted"], expected, rtol=1e-4, atol=1e-4)
+    else:
+        names = meta["class_names"]
+        assert written["predicted"].tolist() == [names[k] for k in expected.argmax(1)]
+        np.testing.assert_allclose(written[[f"probability_{name}" for name in names]], expected, atol=1e-5)
+        np.testing.assert_allclose(written["probability"], expected.max(1), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_names_the_row_it_cannot_use_or_skips_it(workspace, tmp_path):
+    fitted(workspace, measurements())
+    new = measurements(seed=5, rows=6).drop(columns="temperature")
+    new["salinity"] = new["salinity"].astype(object)
+    new.loc[2, "salinity"] = "salty"
+    new.to_csv(tmp_path / "new.csv", index=False)
+    result = predict(str(tmp_path / "new.csv"), "--out", "out.csv")
+    assert result.returncode == 1 and not (tmp_path / "out.csv").exists()
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"{tmp_path / 'new.csv'}: row 3: column 'salinity' is not a number; correct it, or pass --skip-bad to leave "
+            "such rows out"
+        )
+    )
+    assert predict(str(tmp_path / "new.csv"), "--out", "out.csv", "--skip-bad").returncode == 0
+    assert len(pd.read_csv("out.csv")) == 5
+    new.drop(columns="site").to_csv(tmp_path / "fewer.csv", index=False)
+    result = predict(str(tmp_path / "fewer.csv"), "--out", "out.csv")
+    assert (
+        result.returncode == 1 and "no column 'site'; the model reads depth_m, salinity, site, sensor" in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_a_table_of_classes_is_tested_against_both_baselines_and_its_mistakes_are_rows(workspace):
+    from litpipe.io import write_json
+    from litpipe.stages import analyze, fit, test
+
+    params = workspace({"data.dataset": "wine"})
+    write_json(paths.SEARCH_BEST, {"params": {}})
+    fit.run(params.override({"train.max_epochs": 4}))
+    test.run(params)
+    analyze.run(params)
+    metrics = json.loads(paths.TEST_METRICS.read_text())
+    assert set(metrics["baselines"]) == {"trivial", "linear"}
+    counts = load_meta()["class_counts"]["train"]
+    test_y = load_split("test").y.numpy()
+    assert metrics["baselines"]["trivial"]["accuracy"] == pytest.approx(np.mean(test_y == np.argmax(counts)))
+    assert metrics["baselines"]["linear"]["accuracy"] > 0.9  # wine's cultivars are nearly linearly separable
+    mistakes = pd.read_csv(paths.MISTAKES_TABLE)
+    assert list(mistakes.columns[:5]) == ["index", "actual", "predicted", "confidence", "loss"]
+    assert {"alcohol", "proline"} <= set(mistakes.columns)
+    assert not paths.ANALYSIS_PLOTS["mistakes"].exists()  # rows, not an image gallery
+    summary = json.loads(paths.ANALYSIS_SUMMARY.read_text())
+    assert len(mistakes) == min(summary["mistakes"], 16)  # every mistake, up to report.mistakes_shown
+
+
+@pytest.mark.slow
+def test_the_sanity_threshold_is_a_share_of_the_targets_variance_whatever_its_units(workspace, tmp_path, monkeypatch):
+    """The same rows with the target in other units (x 1000, shifted): the overfit check sees the same loss."""
+    from litpipe.stages import sanity
+
+    losses = []
+    for scale, shift in ((1.0, 0.0), (1000.0, -250.0)):
+        (tmp_path / str(scale)).mkdir()
+        monkeypatch.chdir(tmp_path / str(scale))
+        frame = measurements()
+        frame["temperature"] = frame["temperature"] * scale + shift
+        sanity.run(prepare(workspace, frame, **{"sanity.overfit_epochs": 40}))
+        losses.append(json.loads(paths.SANITY_SUMMARY.read_text())["overfit"]["final_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_replicates_give_the_spread_of_every_regression_metric(workspace):
+    from litpipe.io import write_json
+    from litpipe.stages import fit, test
+
+    from .helpers import expected_spread
+
+    params = workspace({"data.dataset": "diabetes", "replicates.seeds": [0, 1], "train.max_epochs": 3})
+    write_json(paths.SEARCH_BEST, {"params": {}})
+    fit.run(params)
+    test.run(params)
+    metrics, seeds = json.loads(paths.TEST_METRICS.read_text()), pd.read_csv(paths.TEST_SEEDS)
+    assert list(seeds.columns) == ["seed", "rmse", "mae", "r2", "loss"]
+    for name in ("rmse", "mae", "r2", "loss"):
+        spread = {key.removeprefix(f"{name}_"): metrics[key] for key in metrics if key.startswith(f"{name}_")}
+        assert spread == pytest.approx(expected_spread(seeds[name].tolist()))

@@ -67,6 +67,8 @@ def regression_scores(predicted: np.ndarray | torch.Tensor, actual: np.ndarray |
 def margin(network: float, baseline: float, name: str = "trivial", higher_is_better: bool = True) -> str:
     """The network's score against a baseline's, in words."""
     better = network > baseline if higher_is_better else network < baseline
+    if network == baseline:
+        return f"equals the {name} baseline ({baseline:.4f})"
     if better:
         return f"beats the {name} baseline ({baseline:.4f}) by {abs(network - baseline):.4f}"
     if name == "trivial":

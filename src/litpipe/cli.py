@@ -79,11 +79,15 @@ def dag_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched for them")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files or folders searched for them; for a table, CSV or Parquet"
+    )
     parser.add_argument("--checkpoint", default=str(paths.BEST_CKPT), help="the model (default: %(default)s)")
     parser.add_argument("--out", default="predictions.csv", help="the CSV written (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image (default: 3)")
-    parser.add_argument("--skip-bad", action="store_true", help="go on past files that cannot be read, naming each")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="go on past files (or rows) that cannot be read, naming each"
+    )
 
 
 TOOLS = {
@@ -111,9 +115,10 @@ TOOLS = {
         record_arguments,
     ),
     "predict": Tool(
-        "The classes a trained model gives new images (a CSV).",
+        "What a trained model gives new images or table rows (a CSV).",
         "Classify image files (or the images in folders) with a trained model, prepared as its training images "
-        "were; writes the file, the predicted class, its probability and the next classes to a CSV.",
+        "were; writes the file, the predicted class, its probability and the next classes to a CSV. For a model "
+        "trained on a table, give CSV or Parquet files with its columns: each row is written with its prediction.",
         "litpipe.predict:main",
         predict_arguments,
     ),

@@ -112,10 +112,10 @@ class Encoding:
         for chunk in chunks:
             values = chunk[numeric].to_numpy(dtype=np.float64)
             count, mean, m2 = _combine(count, mean, m2, values)
-            for column in kept:
-                kept[column].append(chunk[column].dropna().to_numpy(dtype=np.float64))
-            for column in seen:
-                seen[column] = seen[column].add(chunk[column].value_counts(), fill_value=0)
+            for column, parts in kept.items():
+                parts.append(chunk[column].dropna().to_numpy(dtype=np.float64))
+            for column, counts in seen.items():
+                seen[column] = counts.add(chunk[column].value_counts(), fill_value=0)
         columns = []
         for column in features:
             imputed = impute and found.missing[column] > 0
@@ -156,6 +156,23 @@ class Encoding:
             if column.indicator:
                 parts.append(missing[:, None].astype(np.float64))
         return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(frame), 0), np.float32)
+
+    def unusable(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        """Rows of new data (`litpipe predict`) this encoding cannot encode: a value missing where training had
+        none to fill, or text in a numeric column. Returns which rows, and why for each of them."""
+        bad, reasons = np.zeros(len(frame), dtype=bool), [""] * len(frame)
+        for column in self.columns:
+            values = frame[column.name]
+            missing = values.isna().to_numpy()
+            problems = [(missing & (column.fill is None), "is missing (training had no missing value to fill)")]
+            if column.kind == "numeric":
+                text = pd.to_numeric(values, errors="coerce").isna().to_numpy() & ~missing
+                problems.append((text, "is not a number"))
+            for rows, why in problems:
+                for row in np.flatnonzero(rows & ~bad):
+                    reasons[row] = f"column {column.name!r} {why}"
+                bad |= rows
+        return bad, reasons
 
     def decode(self, x: np.ndarray) -> pd.DataFrame:
         """Encoded rows back as the table's values (a category unseen in training as OTHER; an imputed value as

@@ -44,15 +44,18 @@ def load(params: DataParams) -> Table:
         raise StageError(f"data.root {path} is not a file; data.dataset table reads a .csv or .parquet file")
     if params.target is None:
         raise StageError("data.target is null; data.dataset table needs the name of the column to predict")
+    return _checked(from_file(path, params.target), params)
+
+
+def from_file(path: Path, target: str = "") -> Table:
+    """The CSV or Parquet file at `path`, by its suffix."""
     if path.name.endswith(PARQUET_SUFFIXES):
         columns, read = _parquet(path)
     elif path.name.endswith(CSV_SUFFIXES):
         columns, read = _csv(path, sep="\t" if path.suffix == ".tsv" else ",")
     else:
-        raise StageError(
-            f"data.root {path}: not a table file; name a {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)} file"
-        )
-    return _checked(Table(str(path), columns, params.target, read, path), params)
+        raise StageError(f"{path}: not a table file; name a {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)} file")
+    return Table(str(path), columns, target, read, path)
 
 
 def load_diabetes(params: DataParams) -> Table:

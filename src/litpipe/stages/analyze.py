@@ -305,7 +305,7 @@ def plot_activation_evolution(table: pd.DataFrame) -> None:
         fig.text(0.5, 0.5, "Activations were not tracked (observe.activations: false)", ha="center", va="center")
         plots.save(fig, paths.ANALYSIS_PLOTS["activations_evolution"])
         return
-    fig = plots.figure(4.5 * len(layers), 4)
+    fig = plots.figure(max(6.5, 4.5 * len(layers)), 4)  # one layer: room for the title above it
     for ax, layer in zip(np.atleast_1d(fig.subplots(1, len(layers))), layers):
         rows = table[table["layer"] == layer]
         epoch = rows["epoch"] + 1

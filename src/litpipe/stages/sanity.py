@@ -22,6 +22,7 @@ from litpipe.config import Params
 from litpipe.data.prepared import Batches, PreparedData, load_meta, load_split
 from litpipe.errors import StageError
 from litpipe.io import atomic_path, write_json
+from litpipe.models import tasks
 from litpipe.observe.tensorboard import add_code, add_figure, open_run
 from litpipe.training import History, build_model, make_trainer, seed_everything
 from litpipe.models.zoo import check_params as check  # cli.py runs it before any work
@@ -48,7 +49,7 @@ def run(params: Params) -> None:
 
     with atomic_path(paths.SANITY / "overfit.csv") as tmp:
         history.to_csv(tmp, index=False)
-    figure = overfit_figure(history, params.sanity.overfit_max_loss)
+    figure = overfit_figure(history, params.sanity.overfit_max_loss, tasks.of(meta).score)
     add_figure(tensorboard, "sanity/overfit", figure)
     plots.save(figure, paths.OVERFIT_PLOT)
     summary = {
@@ -120,11 +121,11 @@ def profile(params: Params, meta: dict) -> str:
     return paths.PROFILE_TABLE.read_text()
 
 
-def overfit_figure(history: pd.DataFrame, max_loss: float):
+def overfit_figure(history: pd.DataFrame, max_loss: float, score: str = "acc"):
     fig = plots.figure()
     ax = fig.add_subplot()
     ax.semilogy(history["epoch"] + 1, history["val/loss"], label="loss on the batch (eval mode)")
     ax.axhline(max_loss, color="tab:red", linestyle="--", label=f"required: < {max_loss}")
-    ax.set(xlabel="step", ylabel="cross-entropy", title="Overfitting one batch")
+    ax.set(xlabel="step", ylabel=plots.SCORES[score][2], title="Overfitting one batch")  # the task's loss
     ax.legend()
     return fig
