@@ -405,3 +405,44 @@ def test_replicates_give_the_spread_of_every_regression_metric(workspace):
     for name in ("rmse", "mae", "r2", "loss"):
         spread = {key.removeprefix(f"{name}_"): metrics[key] for key in metrics if key.startswith(f"{name}_")}
         assert spread == pytest.approx(expected_spread(seeds[name].tolist()))
+
+
+def test_an_identifier_column_is_not_one_hot_encoded(workspace):
+    from litpipe.errors import StageError
+
+    frame = measurements().assign(station=[f"station-{i:04d}" for i in range(ROWS)])
+    with pytest.raises(
+        StageError, match=r"column 'station' has 1\d\d different values in 1\d\d training rows: an identifier"
+    ):
+        prepare(workspace, frame)
+    prepare(workspace, frame, **{"data.features": ["depth_m", "salinity", "site", "sensor"]})  # left out: prepares
+    assert load_meta()["columns"] == ["depth_m", "salinity", "site", "sensor"]
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet18"])
+def test_a_network_for_images_on_a_table_is_one_line(workspace, arch):
+    from litpipe.errors import ConfigError
+    from litpipe.training import build_model
+
+    params = prepare(workspace, measurements(), **{"model.arch": arch})
+    with pytest.raises(
+        ConfigError, match=rf"model.arch: {arch} takes images .* rows of 7 features; use mlp or your own"
+    ):
+        build_model(params, load_meta())
+
+
+@pytest.mark.slow
+def test_a_table_streamed_from_disk_trains_as_one_on_the_device(workspace, tmp_path, monkeypatch):
+    """train.data_path loader reads the float32 rows from the split files: the same numbers as resident."""
+    from litpipe.io import write_json
+    from litpipe.stages import fit
+
+    histories = []
+    for path in ("resident", "loader"):
+        (tmp_path / path).mkdir()
+        monkeypatch.chdir(tmp_path / path)
+        params = prepare(workspace, measurements(), **{"train.data_path": path, "train.max_epochs": 3})
+        write_json(paths.SEARCH_BEST, {"params": {}})
+        fit.run(params.override({"train.loader_workers": 1, "observe.activations": False}))
+        histories.append(pd.read_csv(paths.FIT_HISTORY).drop(columns="lr"))
+    pd.testing.assert_frame_equal(histories[0], histories[1], rtol=1e-5)

@@ -23,6 +23,9 @@ from litpipe.errors import StageError
 
 OTHER = "<other>"  # the one-hot slot of a category the training split does not have
 MOSTLY_NUMBERS = 0.9  # a text column whose values are this often numbers is a number column with typos
+# A categorical column with more categories than this, and than half the training rows, is an identifier (a name,
+# a date, an id): one-hot, it would be a column per row, which nothing can learn from.
+CATEGORIES_MAX = 50
 
 
 @dataclass
@@ -128,6 +131,11 @@ class Encoding:
                 )
             else:
                 counts = seen[column]
+                if len(counts) > CATEGORIES_MAX and len(counts) > counts.sum() / 2:
+                    raise StageError(
+                        f"column {column!r} has {len(counts)} different values in {int(counts.sum())} training rows: an "
+                        "identifier, a name or a date, not a category; leave it out of data.features"
+                    )
                 fill = str(counts.sort_index().idxmax()) if imputed and len(counts) else None
                 columns.append(
                     Column(

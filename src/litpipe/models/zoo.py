@@ -19,6 +19,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -130,6 +131,11 @@ def build(
 ) -> nn.Module:
     """The network, adapted to the data and probed: its forward maps a batch of inputs to one logit per class."""
     check(arch, kwargs, stem)
+    if len(input_shape) != 3 and not (arch == "mlp" or is_own(arch)):  # cnn and torchvision's take images
+        raise ConfigError(
+            f"model.arch: {arch} takes images (channels x height x width), and the prepared data is rows of "
+            f"{math.prod(input_shape)} features; use mlp or your own network"
+        )
     make = constructor(arch)
     if arch in NETWORKS or is_own(arch):
         offered = dict(zip(PROVIDED, (tuple(input_shape), num_classes), strict=True))
