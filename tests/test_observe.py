@@ -151,8 +151,12 @@ def test_hparams_tab_lists_every_trial_and_the_fit_with_real_values(pipeline, te
     assert set(columns) == documented_columns
     assert [info["name"]["tag"] for info in experiment["metricInfos"]] == documented_metrics
 
+    # Every session and each one's metric values: TensorBoard loads a run's files a while after it lists the run.
     groups = tensorboard.wait_until(
-        lambda: (g := tensorboard.session_groups(columns)) and {x["name"] for x in g} == expected_sessions and g
+        lambda: (g := tensorboard.session_groups(columns))
+        and {x["name"] for x in g} == expected_sessions
+        and all(len(x["metricValues"]) >= 2 for x in g)
+        and g
     )
     test_accuracy = json.loads((repo / "results/test/metrics.json").read_text())["accuracy"]
     for group in groups:

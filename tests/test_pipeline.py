@@ -195,7 +195,7 @@ def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, experiments
 
     page = (repo / "reports/report.html").read_text()
     summary = page.split(">Summary")[1].split("<h2")[0]
-    assert f"(models/best.ckpt); over 3 seeds {metrics['accuracy_mean']:.4f}" in summary
+    assert f"(models/best.ckpt); over 3 seeds accuracy {metrics['accuracy_mean']:.4f}" in summary
     section = page.split(">Seed replicates")[1].split("<h2")[0]
     assert "3 seeds (0, 1, 2)" in section and f"{metrics['accuracy_mean']:.4f}" in section
     for checkpoint in ("models/best.ckpt", "models/replicates/seed-1.ckpt", "models/replicates/seed-2.ckpt"):

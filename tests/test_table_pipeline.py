@@ -109,9 +109,8 @@ def test_dvc_exp_run_on_the_embedded_diabetes_table_shows_rmse_mae_and_r2(pipeli
     """The README's command, in a copy of the default pipeline's workspace."""
     repo = copy_workspace(pipeline[0], tmp_path / "repo")
     run(["dvc", "exp", "run", "-S", "data.dataset=diabetes", "--name", "diabetes"], repo)
-    shown = pd.read_csv(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-pager"], repo).stdout))
+    # "!" where a commit has no metrics file (the copy's own commit has none).
+    shown = pd.read_csv(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-pager"], repo).stdout), na_values=["!"])
     row = shown[shown["Experiment"] == "diabetes"].iloc[0]
     assert 0 < row["r2"] < 1 and row["rmse"] > row["mae"] > 0
-    assert row["r2"] > row["baselines.trivial.r2"]
-    main = shown[shown["rev"] == "main"].iloc[0]
-    assert main["accuracy"] > 0.9 and pd.isna(main["rmse"])  # the default pipeline's row is the digits'
+    assert row["r2"] > row["baselines.trivial.r2"] and pd.isna(row.get("accuracy"))

@@ -181,5 +181,5 @@ def test_score_of_checkpoint(
     model = LitModel.from_checkpoint(checkpoint)
     trainer = make_trainer(params, logger=tensorboard, callbacks=[preemption])
     (result,) = trainer.test(model, datamodule=data, verbose=False)
-    log.info("test/%s of the checkpoint: %.4f", score, result[f"test/{score}"])
+    log.info("test %s of the checkpoint: %.4f", plots.SCORES[score][1], result[f"test/{score}"])
     return result[f"test/{score}"]
