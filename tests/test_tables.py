@@ -446,3 +446,26 @@ def test_a_table_streamed_from_disk_trains_as_one_on_the_device(workspace, tmp_p
         fit.run(params.override({"train.loader_workers": 1, "observe.activations": False}))
         histories.append(pd.read_csv(paths.FIT_HISTORY).drop(columns="lr"))
     pd.testing.assert_frame_equal(histories[0], histories[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("semicolons.csv", {"sep": ";", "decimal": ","}),  # a spreadsheet's CSV where the comma is the decimal mark
+        ("tabs.tsv", {"sep": "\t"}),
+        ("pipes.txt", {"sep": "|"}),
+        ("packed.csv.gz", {"compression": "gzip"}),
+    ],
+)
+def test_csv_dialects_prepare_the_same_bytes(workspace, tmp_path, name, options):
+    frame = measurements()
+    prepare(workspace, frame)
+    expected = load_meta()["sha256"]
+    raw = tmp_path / name
+    frame.to_csv(raw, index=False, **options)
+    (tmp_path / "other").mkdir()
+    import os
+
+    os.chdir(tmp_path / "other")
+    workspace({"data.dataset": "table", "data.root": str(raw), "data.target": "temperature"})
+    assert load_meta()["sha256"] == expected

@@ -5,7 +5,10 @@ A table is read a chunk of rows at a time, in order, as often as prepare needs (
 holds more than a chunk of it, plus one number per row for the split, so a file larger than memory prepares.
 """
 
+import csv
 import difflib
+import gzip
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from litpipe.config import DataParams
 from litpipe.errors import StageError
 
 CHUNK_ROWS = 50_000
+SNIFFED = 64 * 1024  # characters read to tell a CSV file's delimiter
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -52,7 +56,7 @@ def from_file(path: Path, target: str = "") -> Table:
     if path.name.endswith(PARQUET_SUFFIXES):
         columns, read = _parquet(path)
     elif path.name.endswith(CSV_SUFFIXES):
-        columns, read = _csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        columns, read = _csv(path)
     else:
         raise StageError(f"{path}: not a table file; name a {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)} file")
     return Table(str(path), columns, target, read, path)
@@ -80,14 +84,16 @@ def _embedded(name: str, frame: pd.DataFrame, target: str) -> Table:
     return Table(name, [str(column) for column in frame.columns], target, read)
 
 
-def _csv(path: Path, sep: str) -> tuple[list[str], Callable[[list[str], set[str]], Iterator[pd.DataFrame]]]:
+def _csv(path: Path) -> tuple[list[str], Callable[[list[str], set[str]], Iterator[pd.DataFrame]]]:
     try:
+        sep, decimal = dialect(path)
         columns = [str(column) for column in pd.read_csv(path, sep=sep, nrows=0).columns]
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise StageError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
 
     def read(wanted: list[str], text: set[str]) -> Iterator[pd.DataFrame]:
-        options = {"sep": sep, "usecols": wanted, "chunksize": CHUNK_ROWS, "dtype": dict.fromkeys(text, str)}
+        options = {"sep": sep, "decimal": decimal, "usecols": wanted, "chunksize": CHUNK_ROWS}
+        options["dtype"] = dict.fromkeys(text, str)
         try:
             with pd.read_csv(path, **options) as reader:
                 for chunk in reader:
@@ -96,6 +102,19 @@ def _csv(path: Path, sep: str) -> tuple[list[str], Callable[[list[str], set[str]
             raise StageError(f"{path}: {str(error).splitlines()[0]}") from None
 
     return columns, read
+
+
+def dialect(path: Path) -> tuple[str, str]:
+    """The file's delimiter and decimal mark, from its first lines: `,` or `;` (with decimal commas, as spreadsheets
+    write CSV where the comma is the decimal mark), a tab or `|`."""
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", errors="replace") as file:
+        sample = file.read(SNIFFED)
+    try:
+        sep = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:  # one column, or nothing to tell by
+        sep = "\t" if path.suffix == ".tsv" else ","
+    decimal = "," if sep != "," and re.search(r"\d,\d", sample) else "."
+    return sep, decimal
 
 
 def _parquet(path: Path) -> tuple[list[str], Callable[[list[str], set[str]], Iterator[pd.DataFrame]]]:
