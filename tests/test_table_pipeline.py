@@ -77,6 +77,27 @@ def test_the_network_beats_the_mean_and_every_number_is_in_the_targets_units(tab
     assert importance["column"].iloc[0] == "area_m2"  # the price is mostly area
 
 
+def test_hparams_sessions_show_the_regressions_rmse(table_pipeline):
+    """The fit's and each trial's HPARAMS session declare val/rmse and test/rmse columns, and the fit's test RMSE is
+    the test stage's (its own test loop against torchmetrics on the predictions)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    metrics = json.loads((table_pipeline / "results/test/metrics.json").read_text())
+    runs = [table_pipeline / "tb/fit", *sorted((table_pipeline / "tb/search").glob("trial_*"))]
+    assert len(runs) > 1
+    for run_dir in runs:
+        events = EventAccumulator(str(run_dir)).Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+        declared = [
+            info.name.tag for info in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.metric_infos
+        ]
+        assert declared == ["hp/best_val_loss", "hp/best_val_rmse", "hp/test_rmse"], run_dir
+        assert "hp/best_val_rmse" in events.Tags()["scalars"]
+    fit = EventAccumulator(str(table_pipeline / "tb/fit")).Reload()
+    assert fit.Scalars("hp/test_rmse")[-1].value == pytest.approx(metrics["rmse"], rel=1e-4)
+
+
 def test_the_report_shows_the_residual_figures_in_chromium_with_nothing_clipped(table_pipeline, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -114,3 +135,5 @@ def test_dvc_exp_run_on_the_embedded_diabetes_table_shows_rmse_mae_and_r2(pipeli
     row = shown[shown["Experiment"] == "diabetes"].iloc[0]
     assert 0 < row["r2"] < 1 and row["rmse"] > row["mae"] > 0
     assert row["r2"] > row["baselines.trivial.r2"] and pd.isna(row.get("accuracy"))
+    readable = run(["litpipe", "experiments", "--csv"], repo).stdout.splitlines()[0].split(",")
+    assert {"rmse", "mae", "r2"} <= set(readable) and not any(c.startswith("baselines.") for c in readable)
