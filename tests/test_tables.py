@@ -342,6 +342,9 @@ def test_predict_names_the_row_it_cannot_use_or_skips_it(workspace, tmp_path):
     )
     assert predict(str(tmp_path / "new.csv"), "--out", "out.csv", "--skip-bad").returncode == 0
     assert len(pd.read_csv("out.csv")) == 5
+    new.assign(predicted=1.0).to_csv(tmp_path / "again.csv", index=False)  # a predictions file fed back in
+    result = predict(str(tmp_path / "again.csv"), "--out", "out.csv", "--skip-bad")
+    assert result.returncode == 1 and "its column 'predicted' would be overwritten by the predictions" in result.stderr
     new.drop(columns="site").to_csv(tmp_path / "fewer.csv", index=False)
     result = predict(str(tmp_path / "fewer.csv"), "--out", "out.csv")
     assert (
@@ -469,3 +472,84 @@ def test_csv_dialects_prepare_the_same_bytes(workspace, tmp_path, name, options)
     os.chdir(tmp_path / "other")
     workspace({"data.dataset": "table", "data.root": str(raw), "data.target": "temperature"})
     assert load_meta()["sha256"] == expected
+
+
+def test_a_column_empty_in_every_training_row_is_refused_even_when_imputing(workspace):
+    from litpipe.errors import StageError
+
+    frame = measurements().assign(notes=np.nan)
+    with pytest.raises(StageError, match=r"column 'notes' has no value in the training rows; leave it out"):
+        prepare(workspace, frame, **{"data.missing": "impute"})
+
+
+def test_a_category_is_named_the_same_whatever_type_a_chunk_reads_it_as(workspace, monkeypatch):
+    """Parquet keeps a whole-number code as int64 in a chunk without gaps and float64 in one with a gap: both are
+    the category "3"; and a float code reads as a CSV's "3" does (what `litpipe predict` gets)."""
+    frame = measurements()
+    frame["sensor"] = frame["sensor"].astype(float)
+    frame.loc[5, "sensor"] = np.nan
+    monkeypatch.setattr(table, "CHUNK_ROWS", 20)
+    prepare(workspace, frame, "codes.parquet", **{"data.categorical": ["sensor"], "data.missing": "impute"})
+    sensor = next(column for column in load_meta()["encoding"] if column["name"] == "sensor")
+    assert sensor["categories"] == ["3", "7"]
+    coder = encoding.Encoding.from_meta(load_meta()["encoding"])
+    row = measurements().head(1).astype({"sensor": str})
+    assert coder.transform(row)[0, coder.names.index(f"sensor={row['sensor'].iloc[0]}")] == 1
+
+
+def test_a_typo_in_a_numeric_target_is_named_not_taken_for_classes(workspace):
+    from litpipe.errors import StageError
+
+    frame = measurements()
+    frame["temperature"] = frame["temperature"].astype(object)
+    frame.loc[17, "temperature"] = "n.a."
+    with pytest.raises(StageError, match=r"column 'temperature' holds numbers, except 1 values that are not"):
+        prepare(workspace, frame)
+
+
+def test_a_split_of_fewer_than_two_rows_is_refused(workspace):
+    from litpipe.errors import StageError
+
+    with pytest.raises(
+        StageError, match=r"the test split would hold 1 of the table's 12 rows; a split needs at least 2"
+    ):
+        prepare(workspace, measurements(rows=12), **{"data.test_fraction": 0.05})
+
+
+def test_a_tab_file_with_commas_in_its_text_keeps_decimal_points(workspace, tmp_path):
+    frame = measurements().assign(note=["3,5 mm"] * ROWS)
+    prepare(workspace, frame, **{"data.features": ["depth_m", "salinity", "site", "sensor"]})
+    expected = load_meta()["sha256"]
+    frame.to_csv(tmp_path / "notes.tsv", sep="\t", index=False)
+    (tmp_path / "other").mkdir()
+    import os
+
+    os.chdir(tmp_path / "other")
+    workspace(
+        {
+            "data.dataset": "table",
+            "data.root": str(tmp_path / "notes.tsv"),
+            "data.target": "temperature",
+            "data.features": ["depth_m", "salinity", "site", "sensor"],
+        }
+    )
+    assert load_meta()["sha256"] == expected
+
+
+def test_exact_decimals_of_a_parquet_file_are_numbers(workspace, tmp_path):
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = measurements()
+    prepare(workspace, frame)
+    money = pa.array([decimal.Decimal(f"{v:.2f}") for v in frame["salinity"]], type=pa.decimal128(10, 2))
+    arrow = pa.Table.from_pandas(frame, preserve_index=False).set_column(1, "salinity", money)
+    pq.write_table(arrow, tmp_path / "money.parquet")
+    (tmp_path / "other").mkdir()
+    import os
+
+    os.chdir(tmp_path / "other")
+    workspace({"data.dataset": "table", "data.root": str(tmp_path / "money.parquet"), "data.target": "temperature"})
+    assert "salinity" in load_meta()["features"]  # a number column, standardised

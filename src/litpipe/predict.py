@@ -101,6 +101,10 @@ def predict_rows(files: list[Path], checkpoint: Path, params, out: Path, skip_ba
             if header is not None and table.columns != header:  # one CSV out: one set of columns
                 raise StageError(f"{file}: other columns than {files[0]}; predict files with other columns apart")
             header = table.columns
+            taken = [c for c in header if c in ("predicted", "probability") or c.startswith("probability_")]
+            taken += ["file"] if "file" in header and len(files) > 1 else []
+            if taken:
+                raise StageError(f"{file}: its column {taken[0]!r} would be overwritten by the predictions; rename it")
             for column in meta["columns"]:
                 if column not in table.columns:
                     close = difflib.get_close_matches(column, table.columns, n=1)

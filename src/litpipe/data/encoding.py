@@ -57,15 +57,7 @@ def scan(table: Table, features: list[str]) -> Scan:
                 numbers[column] += int(pd.to_numeric(given.astype(str), errors="coerce").notna().sum())
         targets.append(chunk[table.target])
     for column in text & set(features):
-        if (
-            present[column]
-            and numbers[column] < present[column]
-            and numbers[column] >= MOSTLY_NUMBERS * present[column]
-        ):
-            raise StageError(
-                f"{table.name}: column {column!r} holds numbers, except {present[column] - numbers[column]} values that "
-                "are not; correct them (or leave them empty), or list the column in data.categorical"
-            )
+        _refuse_typos(table.name, column, present[column], numbers[column])
     target = pd.concat(targets, ignore_index=True) if targets else pd.Series(dtype=float)
     return Scan(rows, {column for column in features if column not in text}, missing, target)
 
@@ -73,6 +65,20 @@ def scan(table: Table, features: list[str]) -> Scan:
 def categorical_columns(features: list[str], found: Scan, categorical: set[str]) -> set[str]:
     """The features one-hot encoded: those data.categorical lists, and every column of text."""
     return {column for column in features if column in categorical or column not in found.numeric}
+
+
+def refuse_typos(name: str, column: str, values: pd.Series) -> None:
+    """Refuse a column of text whose values are numbers but for a few (a typo, "n/a"): it is a column of numbers."""
+    parsed = pd.to_numeric(values.astype(str), errors="coerce").notna().sum()
+    _refuse_typos(name, column, len(values), int(parsed))
+
+
+def _refuse_typos(name: str, column: str, present: int, numbers: int) -> None:
+    if present and MOSTLY_NUMBERS * present <= numbers < present:
+        raise StageError(
+            f"{name}: column {column!r} holds numbers, except {present - numbers} values that are not; correct them "
+            "(or leave them empty), or list the column in data.categorical"
+        )
 
 
 @dataclass
@@ -124,8 +130,12 @@ class Encoding:
             imputed = impute and found.missing[column] > 0
             if column in numeric:
                 i = numeric.index(column)
+                if not count[i]:  # nothing to standardise with, or to fill from
+                    raise StageError(
+                        f"column {column!r} has no value in the training rows; leave it out of data.features"
+                    )
                 std = float(np.sqrt(m2[i] / max(1, count[i] - 1)))
-                fill = float(np.median(np.concatenate(kept[column]))) if imputed and count[i] else None
+                fill = float(np.median(np.concatenate(kept[column]))) if imputed else None
                 columns.append(
                     Column(column, "numeric", float(mean[i]), std if std > 0 else 1.0, fill=fill, indicator=imputed)
                 )

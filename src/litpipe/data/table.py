@@ -24,6 +24,7 @@ from litpipe.errors import StageError
 
 CHUNK_ROWS = 50_000
 SNIFFED = 64 * 1024  # characters read to tell a CSV file's delimiter
+DELIMITERS = ",;\t|"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -109,12 +110,16 @@ def dialect(path: Path) -> tuple[str, str]:
     write CSV where the comma is the decimal mark), a tab or `|`."""
     with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", errors="replace") as file:
         sample = file.read(SNIFFED)
+    whole = sample[: sample.rfind("\n") + 1] or sample  # complete lines only
     try:
-        sep = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-    except csv.Error:  # one column, or nothing to tell by
-        sep = "\t" if path.suffix == ".tsv" else ","
-    decimal = "," if sep != "," and re.search(r"\d,\d", sample) else "."
-    return sep, decimal
+        sep = csv.Sniffer().sniff(whole, delimiters=DELIMITERS).delimiter
+    except csv.Error:  # rows too long for the sample, or nothing to tell by: the header line's most frequent one
+        header = whole.partition("\n")[0]
+        sep = max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
+    fields = [field.strip().strip('"') for line in whole.splitlines()[1:] for field in line.split(sep)]
+    commas = any(re.fullmatch(r"-?\d+,\d+", field) for field in fields)
+    points = any(re.fullmatch(r"-?\d*\.\d+", field) for field in fields)
+    return sep, "," if sep != "," and commas and not points else "."
 
 
 def _parquet(path: Path) -> tuple[list[str], Callable[[list[str], set[str]], Iterator[pd.DataFrame]]]:
@@ -126,6 +131,9 @@ def _parquet(path: Path) -> tuple[list[str], Callable[[list[str], set[str]], Ite
 
     def read(wanted: list[str], text: set[str]) -> Iterator[pd.DataFrame]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=wanted):
+            decimals = [i for i, field in enumerate(batch.schema) if pa.types.is_decimal(field.type)]
+            for i in decimals:  # exact decimals (money, from databases) are numbers, not Python objects
+                batch = batch.set_column(i, batch.schema.field(i).name, batch.column(i).cast(pa.float64()))
             yield _as_text(batch.to_pandas()[wanted], text)
 
     return columns, read
@@ -135,8 +143,16 @@ def _as_text(frame: pd.DataFrame, text: set[str]) -> pd.DataFrame:
     """The `text` columns as strings (a category's name), missing values kept missing."""
     for column in text:
         values = frame[column]
-        frame[column] = values.astype(object).where(values.isna(), values.astype(str))
+        frame[column] = values.astype(object).where(values.isna(), values.map(category_text))
     return frame
+
+
+def category_text(value: object) -> str:
+    """A category's name: a whole number as an integer whatever its type (1, 1.0 and a float read where a chunk had
+    a gap are all "1"), anything else as written."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _checked(table: Table, params: DataParams) -> Table:

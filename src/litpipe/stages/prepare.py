@@ -21,7 +21,7 @@ from litpipe.config import Params
 from litpipe.data import encoding
 from litpipe.data.loaders import LOADERS
 from litpipe.data.source import Images, Source, fit_to, square_shape
-from litpipe.data.table import Table
+from litpipe.data.table import Table, category_text
 from litpipe.errors import StageError
 from litpipe.io import atomic_directory, file_sha256, write_json
 
@@ -154,6 +154,8 @@ def target_of(table: Table, found: encoding.Scan, task: str | None) -> tuple[str
     regress). Unless data.task says, a target of text, or of whole numbers with few values, is classes."""
     values = found.target
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if not numeric:
+        encoding.refuse_typos(table.name, table.target, values.dropna())
     if task is None:
         whole = numeric and bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1) == 0))
         task = "regression" if numeric and not (whole and values.nunique() <= CLASSES_MAX) else "classification"
@@ -164,12 +166,18 @@ def target_of(table: Table, found: encoding.Scan, task: str | None) -> tuple[str
                 f"{table.name}: data.task regression needs a numeric target, and {table.target!r} holds {example!r}"
             )
         return task, torch.from_numpy(values.to_numpy(dtype=np.float32)), None
-    names = values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-    class_names = sorted(names.unique(), key=lambda name: (pd.to_numeric(name, errors="coerce"), name))
+    names = values.map(category_text)
+    class_names = sorted(names.unique(), key=_class_order)
     if len(class_names) < 2:
         raise StageError(f"{table.name}: the target {table.target!r} has one value only; there is nothing to classify")
     codes = pd.Categorical(names, categories=class_names).codes
     return task, torch.from_numpy(codes.astype(np.int64)), class_names
+
+
+def _class_order(name: str) -> tuple[bool, float, str]:
+    """Numbers in numeric order (2 before 10), then text in alphabetical order."""
+    number = pd.to_numeric(name, errors="coerce")
+    return (bool(pd.isna(number)), 0.0 if pd.isna(number) else float(number), name)
 
 
 def split_indices(
@@ -186,7 +194,14 @@ def split_indices(
     train, val = _stratified(rows, y[rows], val_fraction, seed, stratify)
     if train_rows is not None:
         train = _sample(train, y[train], train_rows, seed, stratify)
-    return {"train": train, "val": val, "test": test}
+    splits = {"train": train, "val": val, "test": test}
+    for name, rows in splits.items():
+        if len(rows) < 2:  # a mean, a spread, an R² need two
+            raise StageError(
+                f"the {name} split would hold {len(rows)} of the table's {len(y)} rows; a split needs at least 2 "
+                "(data.test_fraction, data.val_fraction, data.train_images)"
+            )
+    return splits
 
 
 def _rows(chunks, keep: np.ndarray):
