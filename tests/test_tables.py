@@ -56,7 +56,7 @@ def test_numbers_are_standardised_with_the_training_rows_and_categories_are_one_
         "depth_m", "salinity", "site=east", "site=north", "site=south", "site=<other>", "sensor=3", "sensor=7",
         "sensor=<other>",
     ]  # fmt: skip
-    assert train.x.dtype == torch.float32 and train.y.dtype == torch.float32 and meta["input_shape"] == [9]
+    assert train.x.dtype == torch.float32 and train.y.dtype == torch.float64 and meta["input_shape"] == [9]
     numbers = train.x[:, :2].double()
     np.testing.assert_allclose(numbers.mean(0), 0, atol=1e-6)  # the training split's own mean and std: exactly
     np.testing.assert_allclose(numbers.std(0), 1, atol=1e-6)
@@ -64,7 +64,7 @@ def test_numbers_are_standardised_with_the_training_rows_and_categories_are_one_
     onehot = train.x[:, 2:]
     assert set(onehot.unique().tolist()) == {0.0, 1.0} and (onehot.sum(1) == 2).all()
     # The stored rows are the table's: decoded, each test row is the file's row with the same target.
-    source = measurements().astype({"sensor": str}).set_index(measurements()["temperature"].astype(np.float32))
+    source = measurements().astype({"sensor": str}).set_index(measurements()["temperature"])
     decoded = encoding.Encoding.from_meta(meta["encoding"]).decode(test.x.numpy())
     rows = source.loc[test.y.numpy()]
     assert (decoded["site"].to_numpy() == rows["site"].to_numpy()).all()
@@ -553,3 +553,11 @@ def test_exact_decimals_of_a_parquet_file_are_numbers(workspace, tmp_path):
     os.chdir(tmp_path / "other")
     workspace({"data.dataset": "table", "data.root": str(tmp_path / "money.parquet"), "data.target": "temperature"})
     assert "salinity" in load_meta()["features"]  # a number column, standardised
+
+
+def test_a_target_keeps_every_digit_of_its_file(workspace):
+    """Seconds since 1970 (about 1.7e9): float32 would round them to 128 s; the prepared target is the file's."""
+    frame = measurements().assign(temperature=1.7e9 + np.arange(ROWS) * 1.5)
+    prepare(workspace, frame)
+    stored = np.concatenate([load_split(name).y.numpy() for name in paths.SPLITS])
+    assert sorted(stored) == sorted(frame["temperature"])

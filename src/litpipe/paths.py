@@ -17,7 +17,7 @@ META = PREPARED / "meta.json"
 
 def split_files(split: str) -> tuple[Path, Path]:
     """The split's inputs (images: uint8 N x C x H x W; a table's rows: float32 N x F) and targets (classes: int64 N;
-    regression: float32 N), as NumPy arrays."""
+    regression: float64 N), as NumPy arrays."""
     return PREPARED / f"{split}-x.npy", PREPARED / f"{split}-y.npy"
 
 

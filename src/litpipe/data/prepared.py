@@ -42,7 +42,7 @@ PREPARED_X = {(torch.uint8, 4), (torch.float32, 2)}  # images, tables: what prep
 @dataclass(frozen=True)
 class Split:
     x: torch.Tensor  # images: uint8, N x C x H x W, which the model normalises; tables: float32 N x F, standardised
-    y: torch.Tensor  # classes: int64, N; regression: float32, N (the target in its units)
+    y: torch.Tensor  # classes: int64, N; regression: float64, N (the target in its units, as precise as the file)
 
     def to(self, device: torch.device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
@@ -69,7 +69,7 @@ def load_split(name: str, verify: bool = True) -> Split:
         x, y = (torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False)) for path in files)
     except (OSError, ValueError) as error:  # matched its checksum: written by another prepare
         raise StageError(f"{files[0]}: not a split that prepare wrote ({error}); run prepare again") from None
-    if (x.dtype, x.dim()) not in PREPARED_X or y.dtype not in (torch.int64, torch.float32) or len(x) != len(y):
+    if (x.dtype, x.dim()) not in PREPARED_X or y.dtype not in (torch.int64, torch.float64) or len(x) != len(y):
         raise StageError(f"{files[0]}: not a split that prepare wrote ({x.dtype} {tuple(x.shape)}); run prepare again")
     return Split(x, y)
 

@@ -60,7 +60,9 @@ class Regression:
         self.mean, self.std, self.huber = mean, std, huber
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.mean) / self.std
+        """The target (float64, as precise as its file: a timestamp keeps its seconds) in units of its spread, as
+        float32 for the network's loss."""
+        return ((y - self.mean) / self.std).float()
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         criterion = F.huber_loss if self.huber else F.mse_loss

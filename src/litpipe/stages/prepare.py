@@ -1,7 +1,7 @@
 """prepare: load the dataset, split it with its own seed, store NumPy arrays and meta.json.
 
 Each split is two NumPy files, `<split>-x.npy` and `<split>-y.npy`: images as uint8 N x C x H x W with int64
-classes; a table's rows encoded as float32 N x F (data/encoding.py) with int64 classes or the float32 target.
+classes; a table's rows encoded as float32 N x F (data/encoding.py) with int64 classes or the float64 target.
 The inputs are written a chunk at a time: prepare never holds more than a chunk of a dataset's pixels or rows,
 and training memory-maps the same files (data/prepared.py). The files are written into a new directory that
 replaces data/prepared once all are complete.
@@ -150,7 +150,7 @@ def refuse_missing(table: Table, found: encoding.Scan, features: list[str], miss
 
 
 def target_of(table: Table, found: encoding.Scan, task: str | None) -> tuple[str, torch.Tensor, list[str] | None]:
-    """The task, the target of every row (class indices, or the float32 value) and the class names (None to
+    """The task, the target of every row (class indices, or the float64 value) and the class names (None to
     regress). Unless data.task says, a target of text, or of whole numbers with few values, is classes."""
     values = found.target
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
@@ -165,7 +165,7 @@ def target_of(table: Table, found: encoding.Scan, task: str | None) -> tuple[str
             raise StageError(
                 f"{table.name}: data.task regression needs a numeric target, and {table.target!r} holds {example!r}"
             )
-        return task, torch.from_numpy(values.to_numpy(dtype=np.float32)), None
+        return task, torch.from_numpy(values.to_numpy(dtype=np.float64)), None
     names = values.map(category_text)
     class_names = sorted(names.unique(), key=_class_order)
     if len(class_names) < 2:
