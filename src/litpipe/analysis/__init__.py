@@ -1,1 +1,1 @@
-"""The analyze stage's parts that depend on the task (stages/analyze.py runs them)."""
+"""The analyze stage's parts (stages/analyze.py runs them): regression's diagnostics, a table's rows beside them."""

@@ -13,8 +13,7 @@ import torch
 from scipy import stats
 
 from litpipe import paths, plots
-from litpipe.data.encoding import Encoding
-from litpipe.io import atomic_path
+from litpipe.analysis.rows import with_values
 
 PERMUTATIONS = 5  # shuffles of each column for its permutation importance
 FEATURES_SHOWN = 4  # the most important columns that residuals are plotted against
@@ -57,9 +56,7 @@ def permutation_importance(
 def largest_residuals(residuals: pd.DataFrame, values: pd.DataFrame | None, shown: int) -> pd.DataFrame:
     """The `shown` largest absolute residuals, with their rows' values when the data is a table."""
     largest = residuals.nlargest(shown, "abs_residual")
-    if values is None:
-        return largest.reset_index(drop=True)
-    return pd.concat([largest.reset_index(drop=True), values.iloc[largest["index"]].reset_index(drop=True)], axis=1)
+    return largest.reset_index(drop=True) if values is None else with_values(largest, values)
 
 
 def error_by_decile(residuals: pd.DataFrame) -> pd.DataFrame:
@@ -156,15 +153,3 @@ def plot_error_by_decile(table: pd.DataFrame) -> None:
     )
     ax.legend(fontsize=8)
     plots.save(fig, paths.REGRESSION_PLOTS["error_by_decile"])
-
-
-def write_csv(table: pd.DataFrame, path, index: bool = False) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=index)
-
-
-def decoded(meta: dict, x: torch.Tensor) -> pd.DataFrame | None:
-    """A table's test rows as their values (None for images)."""
-    if meta.get("kind") != "table":
-        return None
-    return Encoding.from_meta(meta["encoding"]).decode(x.numpy())

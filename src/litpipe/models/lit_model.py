@@ -61,7 +61,7 @@ class LitModel(pl.LightningModule):
         check_crop(augment_crop, input_shape)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.task = tasks.make(task, num_classes, target_mean, target_std, loss)
+        self.task = tasks.make(task, target_mean, target_std, loss)
         self.net = zoo.build(arch, net_kwargs, stem, tuple(input_shape), num_classes)
         # Normalisation lives in the model, so a checkpoint is usable on raw uint8 images alone.
         if mean is not None:

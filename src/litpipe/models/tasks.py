@@ -23,14 +23,10 @@ CLASSIFICATION, REGRESSION = "classification", "regression"
 
 class Classification:
     name = CLASSIFICATION
-    metrics = ("acc",)  # logged per epoch beside the loss, as split/acc
     score = "acc"  # the one metric HPARAMS and the search's trials show beside the loss
     higher_is_better = True
     reported = ("accuracy", "loss")  # the test stage's numbers (results/test/metrics.json)
     headline = "accuracy"  # the score, as the test stage names it
-
-    def __init__(self, num_classes: int) -> None:
-        self.outputs = num_classes
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, y)
@@ -49,14 +45,12 @@ class Classification:
 
 class Regression:
     name = REGRESSION
-    metrics = ("rmse", "mae", "r2")
     score = "rmse"
     higher_is_better = False
     reported = ("rmse", "mae", "r2", "loss")
     headline = "rmse"
 
     def __init__(self, mean: float, std: float, huber: bool = False) -> None:
-        self.outputs = 1
         self.mean, self.std, self.huber = mean, std, huber
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
@@ -94,13 +88,13 @@ class Regression:
 Task = Classification | Regression
 
 
-def make(name: str, num_classes: int, target_mean: float, target_std: float, loss: str) -> Task:
+def make(name: str, target_mean: float, target_std: float, loss: str) -> Task:
     """The task a model's hyperparameters name, with the loss optim.loss picks."""
     if name == REGRESSION:
         return Regression(target_mean, target_std, huber=loss == "huber")
     if loss == "huber":
         raise ConfigError("optim.loss: huber is a regression loss, and the prepared data is for classification")
-    return Classification(num_classes)
+    return Classification()
 
 
 def of_data(meta: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from litpipe import baselines, paths, plots
 from litpipe.analysis import regression
+from litpipe.analysis.rows import table_values, with_values
 from litpipe.config import Params
 from litpipe.data.encoding import Encoding
 from litpipe.data.prepared import Split, load_meta, load_split
@@ -54,7 +55,7 @@ def analyze_regression(model: LitModel, outputs: torch.Tensor, test: Split, meta
     predicted, actual = model.task.predict(outputs).numpy().astype(np.float64), test.y.numpy().astype(np.float64)
     residuals = regression.residual_table(predicted, actual)
     write_csv(residuals, paths.ANALYSIS / "predictions.csv")
-    values = regression.decoded(meta, test.x)
+    values = table_values(meta, test.x)
     scores = baselines.regression_scores(predicted, actual)
     regression.plot_residuals_vs_fitted(residuals)
     regression.plot_predicted_vs_actual(residuals, scores["r2"])
@@ -90,7 +91,7 @@ def analyze_classification(logits: torch.Tensor, test: Split, meta: dict, params
     per_class = per_class_table(residuals, confusion, meta["class_names"])
     write_csv(per_class, paths.PER_CLASS_TABLE)
     plot_confusion(confusion, meta["class_names"])
-    values = regression.decoded(meta, test.x)
+    values = table_values(meta, test.x)
     if values is None:
         plot_mistakes(residuals, test, meta, params.report.mistakes_shown)
     else:  # a table's mistakes are rows: their values, in a table
@@ -116,7 +117,7 @@ def mistakes_table(residuals: pd.DataFrame, values: pd.DataFrame, class_names: l
     named = mistakes.assign(
         actual=[class_names[k] for k in mistakes["actual"]], predicted=[class_names[k] for k in mistakes["predicted"]]
     )[["index", "actual", "predicted", "confidence", "loss"]]
-    return pd.concat([named.reset_index(drop=True), values.iloc[mistakes["index"]].reset_index(drop=True)], axis=1)
+    return with_values(named, values)
 
 
 def residual_table(logits: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
