@@ -405,7 +405,7 @@ def interrupt(workspace: Path, signum: signal.Signals, progress: str | None) -> 
     return output
 
 
-RESUME = [paths.RESUME_CKPT, paths.RESUME_BEST_CKPT]
+RESUME = [paths.RESUME_CKPT]
 
 
 @pytest.mark.slow
@@ -425,17 +425,89 @@ def test_an_interrupted_fit_ends_with_the_uninterrupted_numbers(ready, fitted, t
         interrupt(workspace, signum, progress)
         # A resume point once a signal came during training; a fit killed while it starts leaves it as it was.
         resumable = any(held is not STARTING for _, held in interruptions[:done])
-        assert (workspace / paths.RESUME_CKPT).exists() == resumable == (workspace / paths.RESUME_BEST_CKPT).exists()
+        assert (workspace / paths.RESUME_CKPT).exists() == resumable
 
     rerun = finish("fit", workspace)
-    assert ("resuming the preempted fit" in rerun) == resumable
+    assert ("resuming the fit from" in rerun) == resumable
     finish("test", workspace)
     for path in COMPARED:
         assert (workspace / path).read_bytes() == (fitted / path).read_bytes(), f"{path} differs"
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(workspace / paths.FIT_HISTORY))]
     assert epochs == list(range(EPOCHS))
-    assert not (workspace / paths.RESUME_CKPT).exists() and not (workspace / paths.RESUME_BEST_CKPT).exists()
+    assert not (workspace / paths.RESUME_CKPT).exists()
     assert_checkpoint_is_averaged(workspace / paths.BEST_CKPT)
+
+
+# --- resume points: a fit killed without warning (SIGKILL) resumes from its last one -----------------------
+
+# Early stopping soon after the resume, free to stop from the end of epoch 4 on (averaging from epoch 2), with 78
+# steps an epoch: a kill seen at an epoch's end lands in the next.
+EARLY_STOP = {
+    **FIT_CHANGES,
+    "train.max_epochs": 40,
+    "train.early_stopping_patience": 2,
+    "train.swa_epoch_start": 0.05,
+    "train.batch_size": 16,
+}
+EVERY_EPOCH = {"train.resume_every_minutes": 1e-6}  # a resume point at every epoch's end
+DATA_PATHS = {
+    "resident": {"train.data_path": "resident"},
+    "loader": {"train.data_path": "loader", "train.loader_workers": 2},
+}
+
+
+@pytest.fixture(scope="module", params=list(DATA_PATHS))
+def stopped_early(request, default_params, tmp_path_factory) -> tuple[Path, Path, int]:
+    """A workspace ready to fit with EARLY_STOP on one data path, a copy where that fit and the test ran, never
+    interrupted (at the default interval no resume point is written), and how many epochs it trained."""
+    ready = ready_to_fit(tmp_path_factory.mktemp("early"), default_params, {**EARLY_STOP, **DATA_PATHS[request.param]})
+    plain = copy_workspace(ready, tmp_path_factory.mktemp("early-plain") / "workspace")
+    finish("fit", plain)
+    finish("test", plain)
+    summary = json.loads((plain / paths.FIT_SUMMARY).read_text())
+    # Stopped by early stopping, not by min_epochs (4): the epoch before the last counts.
+    assert summary["early_stopped"] and 6 <= summary["epochs"] < EARLY_STOP["train.max_epochs"], summary
+    return ready, plain, summary["epochs"]
+
+
+def assert_same_run(workspace: Path, plain: Path) -> None:
+    for path in COMPARED:
+        assert (workspace / path).read_bytes() == (plain / path).read_bytes(), f"{path} differs"
+    assert not (workspace / paths.RESUME_CKPT).exists()
+
+
+@pytest.mark.slow
+def test_a_fit_killed_after_a_resume_point_resumes_there_and_ends_with_the_same_numbers(stopped_early, tmp_path):
+    """SIGKILL, which no handler sees, in the epoch at whose end early stopping ends the fit: the re-run resumes
+    from the resume point of the epoch before, which early stopping had checked (saved before that check, the
+    re-run stopped an epoch late), and with it the best checkpoint and the batch order of the loader's workers
+    (the first resumed epoch drew epoch 0's); it stops at the same epoch with byte-identical results."""
+    ready, plain, epochs = stopped_early
+    workspace = copy_workspace(ready, tmp_path / "workspace")
+    edit_params(workspace, EVERY_EPOCH)
+    fit = start("fit", workspace, "killed.out")
+    hold(fit, workspace, f"resume point at epoch {epochs - 1}:")
+    fit.send_signal(signal.SIGKILL)
+    assert fit.wait(timeout=60) == -signal.SIGKILL
+    assert (workspace / paths.RESUME_CKPT).exists()
+    (workspace / paths.BEST_CKPT).unlink(missing_ok=True)  # as DVC and Snakemake delete a failed job's outputs
+
+    rerun = finish("fit", workspace)
+    assert f"resuming the fit from {paths.RESUME_CKPT}" in rerun
+    finish("test", workspace)
+    assert_same_run(workspace, plain)
+
+
+@pytest.mark.slow
+def test_a_signal_shortly_before_early_stopping_resumes_to_the_same_stop(stopped_early, tmp_path):
+    """SIGTERM in one of the two epochs before early stopping ends the fit: the fit stops at that epoch's end, and
+    the re-run stops where the uninterrupted fit did."""
+    ready, plain, epochs = stopped_early
+    workspace = copy_workspace(ready, tmp_path / "workspace")
+    interrupt(workspace, signal.SIGTERM, f"epoch {epochs - 2}/")
+    finish("fit", workspace)
+    finish("test", workspace)
+    assert_same_run(workspace, plain)
 
 
 # A test split of most of the data, at 16 px through a CNN: testing the checkpoint takes about a second.
@@ -496,7 +568,7 @@ def test_a_sigterm_lightning_took_as_the_checkpoints_test_began_does_not_stop_it
     from litpipe.preemption import Preemption
 
     preemption = Preemption("fingerprint", paths.fit_run(0, [0]))
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, callbacks=[preemption])
+    trainer = pl.Trainer(logger=False, enable_checkpointing=True, callbacks=[preemption])  # preemption: a Checkpoint
     trainer._signal_connector.register_signal_handlers()  # what trainer.test does first
     os.kill(os.getpid(), signal.SIGTERM)  # handled here, by Lightning's handler, before the next line
     assert trainer.received_sigterm

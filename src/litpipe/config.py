@@ -187,6 +187,7 @@ class TrainParams(Section):
     augment_flip: bool  # random horizontal flips of training images
     augment_crop: Annotated[int, Field(ge=0, le=1024)]  # random crops: pad by this many pixels, crop back
     freeze_epochs: Count  # epochs that train only the head, on model.weights
+    resume_every_minutes: Annotated[float, Field(ge=0)]  # the fit's resume points (preemption.py); 0: on a signal
 
     @model_validator(mode="after")
     def supported(self) -> "TrainParams":

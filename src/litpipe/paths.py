@@ -34,10 +34,9 @@ REPORT_WORK = RESULTS / "report"
 
 MODELS = Path("models")
 BEST_CKPT = MODELS / "best.ckpt"
-# A preempted fit's full training state, and its best checkpoint so far: not pipeline outputs
-# (orchestrators delete outputs before a re-run), the state a re-run resumes from.
+# The fit's last resume point: its full training state with its best checkpoint so far. Not a pipeline output
+# (orchestrators delete outputs before a re-run): the state a re-run resumes from.
 RESUME_CKPT = MODELS / "resume.ckpt"
-RESUME_BEST_CKPT = MODELS / "resume-best.ckpt"
 
 TB = Path("tb")
 LOGS = Path("logs")
@@ -48,6 +47,10 @@ REPLICATE_DIRS = (MODELS / "replicates", RESULTS / "replicates", TB / "replicate
 REPLICATES_INDEX = "seeds.json"  # in each of them: where every seed's run is (written by `litpipe fit`)
 WANDB = LOGS / "wandb"  # offline Weights & Biases runs, when observe.wandb is on
 TIMING = RESULTS / "timing"
+# Snakemake's `benchmark:` file of each rule (<rule>.tsv: its wall time and peak memory), which the report reads
+# when present. No stage's output: DVC never writes them, and a finished `dvc repro` is still complete for
+# `snakemake`, which checks only the files that a rule or the target asks for, and none asks for these.
+BENCHMARKS = TIMING / "benchmarks"
 REPORT_NOTEBOOK = Path("workflow/notebooks/report.ipynb")
 REPORT_HTML = Path("reports/report.html")
 
@@ -101,8 +104,7 @@ class FitRun:
     checkpoint: Path
     results: Path
     tensorboard: Path
-    resume: Path
-    resume_best: Path
+    resume: Path  # its last resume point, the best checkpoint inside (preemption.py)
 
     @property
     def log(self) -> Path:
@@ -127,7 +129,7 @@ def fit_run(seed: int, seeds: Sequence[int]) -> FitRun:
     """The fit of `seed` among replicates.seeds: the first seed's at the stage's own paths (models/best.ckpt,
     results/fit, tb/fit), each other seed's under replicates/seed-<seed>."""
     if seed == seeds[0]:
-        return FitRun("fit", BEST_CKPT, FIT, TB / "fit", RESUME_CKPT, RESUME_BEST_CKPT)
+        return FitRun("fit", BEST_CKPT, FIT, TB / "fit", RESUME_CKPT)
     tag = f"seed-{seed}"
     models, results, tensorboard = REPLICATE_DIRS
     return FitRun(
@@ -136,7 +138,6 @@ def fit_run(seed: int, seeds: Sequence[int]) -> FitRun:
         results / tag,
         tensorboard / tag,
         MODELS / f"resume-{tag}.ckpt",
-        MODELS / f"resume-best-{tag}.ckpt",
     )
 
 
@@ -155,6 +156,10 @@ def failed_log_file(log: Path) -> Path:
 
 def timing_file(stage: str) -> Path:
     return TIMING / f"{stage}.json"
+
+
+def benchmark_file(rule: str) -> Path:
+    return BENCHMARKS / f"{rule}.tsv"
 
 
 def report_inputs() -> dict[str, str]:
@@ -183,5 +188,6 @@ def report_inputs() -> dict[str, str]:
         "mistakes_table": MISTAKES_TABLE,
         "importance_table": IMPORTANCE_TABLE,
         "timing": TIMING,
+        "benchmarks": BENCHMARKS,
     }
     return {name: str(path) for name, path in named.items()}

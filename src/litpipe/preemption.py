@@ -1,31 +1,40 @@
-"""Preemption of the fit, and a resume that ends with the same numbers as a run that never stopped.
+"""Resume points of the fit, and a resume that ends with the same numbers as a run that never stopped.
 
-On SIGUSR1 (what `sbatch --signal=USR1@120` sends before the time limit) or SIGTERM (scancel, preemption)
-the fit saves a full training checkpoint at the end of the epoch in progress and stops with Preempted;
-run again, it resumes there. The end of an epoch is the last point a run can resume from as if it had
-not stopped: mid-epoch, Lightning cannot fast-forward the epoch's batches, and a checkpoint after the
-last batch but before validation makes the resumed run skip that epoch's validation.
+The fit writes a resume point (models/resume.ckpt) at the end of an epoch:
+- every train.resume_every_minutes of training, so that a job killed without warning (SIGKILL: a node
+  failure, the OOM killer, `scancel -s KILL`) loses at most that much;
+- on SIGUSR1 (what `sbatch --signal=USR1@120` sends before the time limit) or SIGTERM (scancel, preemption),
+  after which it stops with Preempted.
+Run again, the fit resumes from the last one. The end of an epoch is the last point a run can resume from as
+if it had not stopped: mid-epoch, Lightning cannot fast-forward the epoch's batches, and a checkpoint after the
+last batch but before validation makes the resumed run skip that epoch's validation. Within the epoch's end,
+the resume point comes after early stopping has checked the epoch (Lightning runs the callbacks that monitor a
+metric, this one among them, after the others), and none is written when training ends with the epoch anyway.
 
 What the resumed run needs, and where it comes from:
 - weights, optimizer, schedule, loop counters and the callbacks' state (early stopping, the best
   checkpoint's score, history, monitors, the weight average): Lightning's checkpoint;
+- the best checkpoint itself (orchestrators delete a failed job's outputs): inside the resume point, so the
+  two are written in one atomic step;
+- whether early stopping has asked to stop (Lightning keeps asking until min_epochs allows it): saved here;
 - the batch order: a function of (seed, epoch), see data/prepared.BatchOrder;
 - the random number generators (dropout): saved here, restored right before training resumes;
 - the same params and data: a fingerprint, so a checkpoint made with other ones is never resumed.
+Under DDP every rank takes the same decisions: a signal or a due resume point on any rank counts for all.
 """
 
 import hashlib
 import json
 import logging
 import random
-import shutil
 import signal
+import time
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 
 from litpipe import checkpoints, paths
 from litpipe.config import Params
@@ -40,21 +49,23 @@ class Preempted(Exception):
     """Training stopped on a scheduler's signal after saving a checkpoint to resume from."""
 
 
-class Preemption(Callback):
-    """Catches SIGUSR1 and SIGTERM during training and stops at the end of the epoch in progress, after
-    saving the run's resume checkpoint (models/resume.ckpt) and a copy of its best checkpoint (orchestrators
-    delete a failed job's outputs). Its handlers replace Lightning's for the fit: Lightning's SIGTERM
-    handling would stop the loop, even mid-validation, without keeping the progress. After training they stay,
-    and the fit passes this callback to the Trainer that tests its checkpoint, so a signal while the fit tests
-    and writes its results lets it finish them (and the fit returns it: `signal`).
-    Keep it the last callback: its checkpoint must come after every other callback's epoch-end work."""
+class Preemption(Checkpoint):
+    """Writes the run's resume points (see the module's notes) and catches SIGUSR1 and SIGTERM during training.
+    Its handlers replace Lightning's for the fit: Lightning's SIGTERM handling would stop the loop, even
+    mid-validation, without keeping the progress. After training they stay, and the fit passes this callback to
+    the Trainer that tests its checkpoint, so a signal while the fit tests and writes its results lets it finish
+    them (and the fit returns it: `signal`).
+    A Checkpoint to Lightning: its epoch-end hook runs with early stopping's and after it, and Lightning puts it
+    after every other callback, so its checkpoint comes after their epoch-end work."""
 
-    def __init__(self, fingerprint: str, run: paths.FitRun) -> None:
+    def __init__(self, fingerprint: str, run: paths.FitRun, every_minutes: float = 0) -> None:
         self.fingerprint = fingerprint
         self.run = run
+        self.every_seconds = every_minutes * 60  # 0: only on a signal
         self.signal: str | None = None
         self._saving = False
-        self._restored_rng: dict[str, Any] | None = None
+        self._last_saved = 0.0
+        self._restored: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Before Lightning installs its own handlers, which then call this one too: a signal that comes
@@ -66,8 +77,10 @@ class Preemption(Callback):
         if self.signal:  # came before training: there is nothing new to save
             raise Preempted(f"{self.signal} before training started; nothing new to save")
         self._listen()  # on_train_start runs after Lightning installed its handlers: replace them
-        if self._restored_rng is not None:  # the last moment before the first resumed batch
-            set_random_states(self._restored_rng)
+        self._last_saved = time.monotonic()
+        if self._restored is not None:  # the last moment before the first resumed batch
+            set_random_states(self._restored["rng"])
+            trainer.should_stop = self._restored.get("should_stop", False)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The fit's test of its checkpoint, after training: replace Lightning's handlers again, and forget a
@@ -81,38 +94,59 @@ class Preemption(Callback):
             signal.signal(signum, lambda received, frame: setattr(self, "signal", signal.Signals(received).name))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.signal:
+        if trainer.fit_loop.done:  # training ends with this epoch: the fit writes its results next
             return
+        decide = trainer.strategy.reduce_boolean_decision  # True on every rank when true on any
+        if decide(self.signal is not None, all=False):
+            self._save(trainer)
+            raise Preempted(
+                f"{self.signal or 'a signal to another rank'} at epoch {trainer.current_epoch + 1}; saved {self.run.resume}"
+            )
+        due = self.every_seconds > 0 and time.monotonic() - self._last_saved >= self.every_seconds
+        if decide(due, all=False):
+            self._save(trainer)
+            self._last_saved = time.monotonic()
+            log.info("resume point at epoch %d: %s", trainer.current_epoch + 1, self.run.resume)
+
+    def _save(self, trainer: pl.Trainer) -> None:
         self._saving = True
-        run = self.run
-        if trainer.is_global_zero:
-            with atomic_path(run.resume) as tmp:
-                trainer.save_checkpoint(tmp)
-            if run.checkpoint.exists():
-                with atomic_path(run.resume_best) as tmp:
-                    shutil.copy2(run.checkpoint, tmp)
-        else:
-            trainer.save_checkpoint(run.resume)  # collective; only the first process writes
-        raise Preempted(f"{self.signal} at epoch {trainer.current_epoch + 1}; saved {run.resume}")
+        try:
+            if trainer.is_global_zero:
+                with atomic_path(self.run.resume) as tmp:
+                    trainer.save_checkpoint(tmp)
+            else:
+                trainer.save_checkpoint(self.run.resume)  # collective; only the first process writes
+        finally:
+            self._saving = False
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if self._saving:  # only the resume checkpoint; the best checkpoint stays weights and training state
-            checkpoint[RESUME_KEY] = {"fingerprint": self.fingerprint, "rng": random_states()}
+        if not self._saving:  # only the resume point; the best checkpoint stays weights and training state
+            return
+        best = self.run.checkpoint.read_bytes() if self.run.checkpoint.exists() else b""
+        checkpoint[RESUME_KEY] = {
+            "fingerprint": self.fingerprint,
+            "rng": random_states(),
+            "should_stop": trainer.should_stop,
+            # As bytes in a tensor: a checkpoint loads with weights_only.
+            "best": torch.frombuffer(bytearray(best), dtype=torch.uint8) if best else torch.empty(0, dtype=torch.uint8),
+        }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self._restored_rng = checkpoint.get(RESUME_KEY, {}).get("rng")
+        self._restored = checkpoint.get(RESUME_KEY)
 
 
 def fingerprint(params: Params, meta: dict[str, Any]) -> str:
     """What a resumed fit must share with the one that stopped: every param, and the prepared data."""
-    # The replicate's own seed is params.seed; which other seeds run beside it changes nothing.
-    identity = {"params": params.model_dump(exclude={"replicates"}), "data": meta["sha256"]}
+    # The replicate's own seed is params.seed; which other seeds run beside it changes nothing, nor how often
+    # resume points are written.
+    changes_nothing = {"replicates": True, "train": {"resume_every_minutes"}}
+    identity = {"params": params.model_dump(exclude=changes_nothing), "data": meta["sha256"]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def resume_point(fingerprint: str, run: paths.FitRun) -> str | None:
-    """The checkpoint of the run's preempted earlier fit with these params and data, its best checkpoint put
-    back; None to start afresh. A resume checkpoint of other params or data is set aside, not resumed."""
+    """The run's last resume point with these params and data, its best checkpoint put back; None to start
+    afresh. A resume point of other params or data is set aside, not resumed."""
     if not run.resume.exists():
         return None
     saved = checkpoints.read(run.resume).get(RESUME_KEY, {})
@@ -120,17 +154,15 @@ def resume_point(fingerprint: str, run: paths.FitRun) -> str | None:
         log.warning("%s was saved with other params or data: starting the fit afresh", run.resume)
         discard(run)
         return None
-    if run.resume_best.exists():
-        run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if len(saved["best"]):
         with atomic_path(run.checkpoint) as tmp:
-            shutil.copy2(run.resume_best, tmp)
-    log.info("resuming the preempted fit from %s", run.resume)
+            tmp.write_bytes(saved["best"].numpy().tobytes())
+    log.info("resuming the fit from %s", run.resume)
     return str(run.resume)
 
 
 def discard(run: paths.FitRun) -> None:
     run.resume.unlink(missing_ok=True)
-    run.resume_best.unlink(missing_ok=True)
 
 
 def random_states() -> dict[str, Any]:

@@ -301,7 +301,12 @@ def fit_trainer(
         probe,
         params.train.max_epochs,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.
-        callbacks=[StochasticWeightAveraging(swa_start), checkpoint, *callbacks, Preemption(identity, run)],
+        callbacks=[
+            StochasticWeightAveraging(swa_start),
+            checkpoint,
+            *callbacks,
+            Preemption(identity, run, params.train.resume_every_minutes),
+        ],
         label=label,
         distributed=True,
         enable_checkpointing=True,

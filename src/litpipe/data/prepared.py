@@ -283,7 +283,12 @@ class PreparedData(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         # DDP synchronises gradients once per forward through its wrapper, so one step per batch there.
         samples = self.batch_size * (self.steps_per_call if world == 1 else 1)
-        return self._batches("train", samples, shuffle=True, seed=self.seed, rank=rank, world=world)
+        batches = self._batches("train", samples, shuffle=True, seed=self.seed, rank=rank, world=world)
+        if self.trainer:
+            # Lightning makes a resumed fit's first training iterator before it sets the epoch, and a DataLoader
+            # with workers draws its first batches as the iterator is made: start at the epoch the fit is at.
+            batches.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return batches
 
     def val_dataloader(self) -> Batches | DataLoader:
         return self._batches("val", self.batch_size * self.steps_per_call, shuffle=False)

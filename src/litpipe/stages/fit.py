@@ -179,7 +179,8 @@ def test_score_of_checkpoint(
     """The checkpoint's test score (accuracy, or RMSE), for the HPARAMS table. The fit's `preemption` keeps the
     signals: Lightning's own SIGTERM handling would stop this test."""
     model = LitModel.from_checkpoint(checkpoint)
-    trainer = make_trainer(params, logger=tensorboard, callbacks=[preemption])
+    # Checkpointing on: Lightning takes the preemption callback for a checkpoint callback (it writes none here).
+    trainer = make_trainer(params, logger=tensorboard, callbacks=[preemption], enable_checkpointing=True)
     (result,) = trainer.test(model, datamodule=data, verbose=False)
     log.info("test %s of the checkpoint: %.4f", plots.SCORES[score][1], result[f"test/{score}"])
     return result[f"test/{score}"]
