@@ -48,9 +48,12 @@ def test_report_states_the_numbers_of_the_run(pipeline):
     html = (repo / "reports/report.html").read_text()
     accuracy = json.loads((repo / "results/test/metrics.json").read_text())["accuracy"]
     assert f"{accuracy:.4f}" in html
-    assert "suggested SLURM --time" in html
+    assert "suggested SLURM --time" in html and "suggested SLURM --mem" in html
     for stage in ("prepare", "sanity", "lr_find", "search", "fit", "test", "analyze"):
         assert f">{stage}<" in html  # a runtime row per stage
+        timing = json.loads((repo / f"results/timing/{stage}.json").read_text())
+        assert timing["peak_mb"] > 0  # under DVC too: each stage records its peak memory
+    assert "set-resources:" not in html  # the rules' block: only once a Snakemake run left benchmark files
 
 
 def test_a_fresh_run_reports_a_clean_tree_and_a_change_is_named(pipeline, tmp_path, monkeypatch):

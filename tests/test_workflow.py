@@ -154,8 +154,9 @@ def test_the_files_handed_between_stages_are_outputs_and_the_reports_inputs_are_
     def within(path: str, candidates) -> bool:
         return any(path == c or path.startswith(c.rstrip("/") + "/") for c in candidates)
 
-    # The report reads every stage's timing file from one directory: each file is checked below.
-    read = {name: path for name, path in paths.report_inputs().items() if name != "timing"}
+    # The report reads every stage's timing file from one directory: each file is checked below. It reads the
+    # rules' benchmark files when a Snakemake run left them: no stage's outputs (paths.BENCHMARKS).
+    read = {name: path for name, path in paths.report_inputs().items() if name not in ("timing", "benchmarks")}
     handed_on = [paths.SANITY_SUMMARY, paths.LR_FIND_RESULT, paths.SEARCH_BEST, paths.FIT_ACTIVATIONS]
     for path in [str(p) for p in handed_on] + list(read.values()):
         assert within(path, outputs), path
@@ -324,6 +325,34 @@ def test_snakemake_config_is_refused_not_ignored(option):
     assert "snakemake --config is not read; set values in params.yaml" in result.stdout + result.stderr
 
 
+def dry_run_resources(result: subprocess.CompletedProcess) -> dict[str, dict[str, str]]:
+    """Rule -> the resources a dry run shows its (first) job asking for."""
+    asked, rule = {}, None
+    for line in result.stdout.splitlines():
+        if match := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            rule = match[1]
+        elif rule and line.startswith("    resources: "):
+            asked[rule] = dict(item.split("=", 1) for item in line.removeprefix("    resources: ").split(", "))
+    return asked
+
+
+def test_a_sites_profile_replaces_the_default_resources(tmp_path):
+    """The slurm.local/config.yaml docs/cluster.md shows, on top of the slurm profile: the rules it names ask for
+    its numbers (an expression of the attempt too), the others for the defaults of workflow/rules/common.smk."""
+    require_tool("snakemake")
+    example = re.search(
+        r"```yaml\n# slurm.local/config.yaml\n(.*?)```", (ROOT / "docs/cluster.md").read_text(), re.DOTALL
+    )
+    site = tmp_path / "slurm.local"
+    site.mkdir()
+    (site / "config.yaml").write_text(example[1])
+    result = run(["snakemake", "--profile", "slurm", "--profile", str(site), "--dry-run", "--forceall"], ROOT)
+    asked = dry_run_resources(result)
+    assert (asked["fit"]["runtime"], asked["fit"]["mem_mb"]) == ("240", "16000")
+    assert asked["sanity"]["runtime"] == "30"  # "30 * 2 ** (attempt - 1)", for the first attempt
+    assert (asked["lr_find"]["runtime"], asked["lr_find"]["mem_mb"]) == ("60", "4000")  # not named: the defaults
+
+
 # --- SLURM ---------------------------------------------------------------------------------------
 
 SLURM_FAST = {**FAST, "search.n_workers": 2, "replicates.seeds": [0, 1]}  # a second seed: a fit job of its own
@@ -362,6 +391,25 @@ def local_run(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.mark.integration
+def test_each_rule_records_its_time_and_memory_and_the_report_suggests_a_limit_for_each(local_run):
+    """Snakemake's benchmark file of every rule, and each stage's own timing: the report's Runtime section
+    turns them into a --time and --mem per stage and per rule, and a set-resources block for a site's profile."""
+    rules = set(snakemake_rules(local_run)) - {"all"}
+    benchmarks = {path.stem: path for path in (local_run / paths.BENCHMARKS).glob("*.tsv")}
+    assert set(benchmarks) == rules
+    for rule, path in benchmarks.items():
+        measured = next(csv.DictReader(path.open(), delimiter="\t"))
+        assert float(measured["s"]) > 0 and float(measured["max_rss"]) > 0, rule
+    for stage in STAGES:
+        timing = json.loads((local_run / paths.timing_file(stage)).read_text())
+        assert timing["seconds"] > 0 and timing["peak_mb"] > 0, stage
+    html = (local_run / "reports/report.html").read_text()
+    assert "suggested SLURM --time" in html and "suggested SLURM --mem" in html
+    assert all(f">{rule}<" in html for rule in rules - {"report"})  # the report's own is written after it
+    assert "set-resources:\n  analyze:\n    runtime: 10\n    mem_mb: " in html
+
+
 def search_results(repo: Path) -> list[tuple]:
     rows = csv.DictReader((repo / "results/search/trials.csv").open())
     return sorted((row["params_model.kwargs.mlp.width"], row["state"], row["value"]) for row in rows)
@@ -374,7 +422,9 @@ def test_snakemake_runs_the_pipeline_locally_with_two_search_workers(local_run):
             assert (local_run / output).exists(), (name, output)
     # FAST's two-point grid, each point exactly once across the two worker jobs, and both completed.
     results = search_results(local_run)
-    assert sorted(width for width, _, _ in results) == sorted(str(w) for w in SLURM_FAST["search.space"]["model.kwargs.mlp.width"])
+    assert sorted(width for width, _, _ in results) == sorted(
+        str(w) for w in SLURM_FAST["search.space"]["model.kwargs.mlp.width"]
+    )
     assert {state for _, state, _ in results} == {"COMPLETE"}
     assert json.loads((local_run / "results/test/metrics.json").read_text())["accuracy"] > 0.5
     for index in (0, 1):  # each worker job ran until the shared study needed no more trials
@@ -419,18 +469,22 @@ def test_profile_slurm_submits_every_compute_rule_and_matches_the_local_run(loca
 
 
 class SlurmJobStates:
-    """The last state squeue showed for every job, watched while a run goes on: SLURM forgets a finished
-    job MinJobAge (300 s by default) after it ends, so asking once a long run is over would miss its first
-    jobs. Looking every two seconds cannot miss a state that is shown for minutes."""
+    """The last state squeue showed for every job, and what it asked for, watched while a run goes on: SLURM
+    forgets a finished job MinJobAge (300 s by default) after it ends, so asking once a long run is over would
+    miss its first jobs. Looking every two seconds cannot miss a state that is shown for minutes."""
 
     def __init__(self) -> None:
         self.last: dict[str, str] = {}
+        self.asked: dict[str, tuple[str, str]] = {}  # job -> (its time limit, its memory), as squeue shows them
         self._done = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
 
     def _look(self) -> None:
-        shown = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T"], capture_output=True, text=True)
-        self.last.update(line.split() for line in shown.stdout.splitlines() if line.strip())
+        shown = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-o", "%i %T %l %m"], check=False, capture_output=True, text=True
+        )
+        for job, state, limit, memory in (line.split() for line in shown.stdout.splitlines() if line.strip()):
+            self.last[job], self.asked[job] = state, (limit, memory)
 
     def _watch(self) -> None:
         while not self._done.wait(2):
@@ -453,10 +507,15 @@ def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(local_run, 
     space = {"model.kwargs.mlp.width": [8, 16, 32], "model.kwargs.mlp.depth": [1, 2]}
     edit_params(repo, {**SLURM_FAST, "search.space": space, "search.max_epochs": 6, "search.pruner": "none"})
     # Up to the search only: the rest of the DAG under SLURM is the test above's. Output to a file: a pipe
-    # nobody reads while Snakemake runs would block it once full.
+    # nobody reads while Snakemake runs would block it once full. No retries (the profile's would submit the
+    # cancelled worker's job again at once): the state the cancel left is checked before the re-run.
     with (tmp_path / "snakemake.out").open("w") as output:
         started = subprocess.Popen(
-            snakemake_on_slurm("search"), cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT
+            [*snakemake_on_slurm("search"), "--retries", "0"],
+            cwd=repo,
+            env=tool_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     params = load_params(repo / "params.yaml")
     jobs_of_workers: dict[int, str] = {}
@@ -508,3 +567,37 @@ def completed_trials(repo: Path, params) -> dict[int, tuple]:
     with chdir(repo):
         trials = open_study(params).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return {t.number: (tuple(sorted(t.params.items())), t.value) for t in trials}
+
+
+# About 100 s of work: more than a 1-minute limit lets a job run (SLURM looks for jobs past their limit every
+# 30 s, so it stops one 60 to 91 s after its start), less than the 2 minutes a retry gets.
+SLOW_STAGE = {"cmd": "sleep 100 && mkdir -p results && echo done > results/slow.txt", "outs": ["results/slow.txt"]}
+
+
+@pytest.mark.integration
+def test_a_job_whose_first_attempt_runs_out_of_time_succeeds_on_its_retry_with_more(tmp_path):
+    """A stage added to dvc.yaml, with the light rules' default time cut to 1 minute in common.smk (the one
+    place of defaults): SLURM stops the first attempt at its limit, and the profile's retry, asking for twice
+    the time and memory, completes it."""
+    slurm_cluster()
+    repo = copy_repo(tmp_path)
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    pipeline["stages"]["slow"] = SLOW_STAGE
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    common = repo / "workflow/rules/common.smk"
+    default = '"light": dict(runtime=15, mem_mb=2000,'
+    assert default in common.read_text()
+    common.write_text(common.read_text().replace(default, '"light": dict(runtime=1, mem_mb=2000,'))
+
+    with SlurmJobStates() as states:
+        result = run(snakemake_on_slurm("results/slow.txt"), repo)
+    output = result.stdout + result.stderr
+    jobs = [job for job, rule in SUBMITTED.findall(output) if rule == "slow"]
+    assert len(jobs) == 2, output[-3000:]  # the first attempt and its retry
+    assert f"SLURM-job '{jobs[0]}' failed, SLURM status is: 'TIMEOUT'" in output
+    assert [states.last.get(job) for job in jobs] == ["TIMEOUT", "COMPLETED"]
+    assert [states.asked.get(job) for job in jobs] == [("1:00", "2000M"), ("2:00", "4000M")]
+    assert "DUE TO TIME LIMIT" in (repo / f".snakemake/slurm_logs/rule_slow/{jobs[0]}.log").read_text()
+    assert (repo / "results/slow.txt").read_text() == "done\n"
+    measured = next(csv.DictReader((repo / paths.benchmark_file("slow")).open(), delimiter="\t"))
+    assert float(measured["s"]) >= 100  # the retry's wall time, in the rule's benchmark file

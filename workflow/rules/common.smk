@@ -38,15 +38,17 @@ _PLACEMENT = {
 PLACEMENT = {key: os.environ[name] for key, name in _PLACEMENT.items() if os.environ.get(name)}
 GPUS = int(os.environ.get("LITPIPE_GPUS", "0"))
 
-# Per-rule resources, declared once. Runtimes (minutes) are generous multiples of the wall
-# times measured on 2 CPU cores (results/timing/*.json: each stage took under a minute there).
+# Per-rule resources, declared once, for the first attempt. Runtimes (minutes) are generous multiples of the
+# wall times measured on 2 CPU cores (results/timing/*.json: each stage took under a minute there); the report
+# suggests a --time and --mem for each from what a run measured. A site sets its own in its profile
+# (set-resources, see docs/cluster.md#resources), which replace these as Snakemake does.
 RESOURCES = {
     "light": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
     "train": dict(runtime=60, mem_mb=4000, cpus_per_task=2, gpu=GPUS),
     # A search worker takes one core: N one-thread workers side by side beat one N-thread worker on
     # small models (litpipe's own launcher splits the cores the same way).
     "worker": dict(runtime=60, mem_mb=4000, cpus_per_task=1, gpu=GPUS),
-    "report": dict(runtime=15, mem_mb=2000, cpus_per_task=1),
+    "report": dict(runtime=15, mem_mb=4000, cpus_per_task=1),  # papermill, a kernel and nbconvert: about 2 GB
 }
 # The kind of resources each rule gets; a stage not named here (a new one) gets "light".
 KIND = {"sanity": "train", "lr_find": "train", "fit": "train", "search_worker": "worker", "report": "report"}
@@ -54,13 +56,26 @@ KIND = {"sanity": "train", "lr_find": "train", "fit": "train", "search_worker": 
 # internet for downloads, and the setup only writes the study.
 LOCAL = {"prepare", "search_setup"}
 # SIGUSR1 two minutes before the time limit: fit saves models/resume.ckpt and stops at the end of the
-# epoch; a re-run (or --retries) resumes from it.
+# epoch; the retry (or a re-run) resumes from it.
 SLURM_EXTRA = {"fit": "--signal=USR1@120"}
 
 
+# A retry (the profile's `retries`) gets twice the time and memory of the attempt before it, so a job that ran
+# out of either succeeds with more (a fit resumes where the last attempt stopped: SLURM_EXTRA).
+GROWING = ("runtime", "mem_mb")
+
+
+def growing(first):
+    """A resource that doubles with each attempt: Snakemake passes the attempt (1 for the first) to a
+    function given as a resource, and evaluates it again for each retry."""
+    return lambda wildcards, attempt: first * 2 ** (attempt - 1)
+
+
 def resources(rule_name):
+    declared = RESOURCES[KIND.get(rule_name, "light")]
+    grown = {name: growing(value) if name in GROWING else value for name, value in declared.items()}
     extra = {"slurm_extra": SLURM_EXTRA[rule_name]} if rule_name in SLURM_EXTRA else {}
-    return {**RESOURCES[KIND.get(rule_name, "light")], **PLACEMENT, **extra}
+    return {**grown, **PLACEMENT, **extra}
 
 
 def cores(rule_name):

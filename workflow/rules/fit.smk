@@ -12,6 +12,8 @@ rule fit:
         outputs([path for path in FIT.results if Path(path) not in paths.REPLICATE_DIRS]),
     log:
         FIT.logs,
+    benchmark:
+        paths.benchmark_file("fit")
     params:
         tracked=dag.param_values(FIT, TRACKED),
     threads: cores("fit")
@@ -36,6 +38,8 @@ for replicate_seed, replicate in REPLICATES.items():
             directory(replicate.tensorboard),
         log:
             replicate.log,
+        benchmark:
+            paths.benchmark_file(fanout.fit_seed(replicate_seed, SEEDS).rule)
         params:
             tracked=dag.param_values(FIT, TRACKED),
             # The shell line is formatted when the job runs, after this loop ended: values go through params.

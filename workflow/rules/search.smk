@@ -14,6 +14,8 @@ rule search_setup:
         touch(SETUP.marker),
     log:
         SETUP.log,
+    benchmark:
+        paths.benchmark_file(SETUP.rule)
     params:
         tracked=dag.param_values(SEARCH, TRACKED),
     localrule: True
@@ -34,6 +36,8 @@ for worker in fanout.search_workers(PARAMS):
             touch(worker.marker),
         log:
             worker.log,
+        benchmark:
+            paths.benchmark_file(worker.rule)
         params:
             # The shell line is formatted when the job runs, after this loop ended: values go through params.
             command=worker.command,
@@ -53,6 +57,8 @@ rule search:
         outputs(SEARCH.results),
     log:
         SEARCH.logs,
+    benchmark:
+        paths.benchmark_file("search")
     threads: cores("search")
     resources:
         **resources("search"),

@@ -14,6 +14,8 @@ for stage in STAGES.values():
             outputs(stage.results),
         log:
             stage.logs,
+        benchmark:
+            paths.benchmark_file(stage.name)
         params:
             tracked=dag.param_values(stage, TRACKED),
             # The shell line is formatted when the job runs, after this loop ended: values go through params.
