@@ -32,6 +32,33 @@ class Tool:
     passes_on_unknown: bool = False  # options it does not know go to the program it wraps
 
 
+def set_argument(
+    parser: argparse.ArgumentParser,
+    metavar: str = "KEY=VALUE",
+    help: str = "override a param for this run, as `dvc exp run -S` does (e.g. -S train.batch_size=256)",
+) -> None:
+    parser.add_argument("-S", "--set", action="append", default=[], metavar=metavar, help=help)
+
+
+def sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    set_argument(
+        parser,
+        "KEY=V1,V2",
+        "a param and its values, comma-separated YAML (e.g. -S optim.lr=0.001,0.003,0.01); several -S: their grid",
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="P",
+        help="run each point with `snakemake --profile P` (e.g. slurm; repeat to merge profiles), else `dvc exp run`",
+    )
+    parser.add_argument(
+        "--jobs", type=int, metavar="N", help="points at once (default: all with --profile, else one per core)"
+    )
+    parser.add_argument("--name", default="sweep", help="the experiments' names start with this (default: %(default)s)")
+
+
 def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--synthetic",
@@ -41,14 +68,7 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="synthetic data instead of data/prepared: MNIST-shaped (60,000 training images of 1 x 28 x 28; the "
         "default) or CIFAR-10-shaped (50,000 of 3 x 32 x 32); -S data.train_images=N trains on N of them",
     )
-    parser.add_argument(
-        "-S",
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param for this run, as `dvc exp run -S` does (e.g. -S train.batch_size=256)",
-    )
+    set_argument(parser)
     parser.add_argument(
         "--epochs", type=int, default=5, metavar="E", help="epochs per run or trial (default: %(default)s)"
     )
@@ -121,6 +141,26 @@ TOOLS = {
         "trained on a table, give CSV or Parquet files with its columns: each row is written with its prediction.",
         "litpipe.predict:main",
         predict_arguments,
+    ),
+    "doctor": Tool(
+        "Check that this machine has what the params need (packages, GPU, SLURM, DVC, search database).",
+        "One row per check, each problem with its fix: packages against requirements.lock; the GPUs torch sees "
+        "and its CUDA build against the driver; SLURM and the LITPIPE_SLURM_* settings; the DVC remote and the "
+        "cache's free space; the search database when search.storage is a URL. Exits 1 when something the params "
+        "need is missing; -S checks other params without editing params.yaml.",
+        "litpipe.doctor:main",
+        set_argument,
+    ),
+    "sweep": Tool(
+        "Run a grid of params at once, locally or as SLURM jobs, each point a DVC experiment.",
+        "Every combination of the -S values (-S optim.lr=0.001,0.01 -S train.batch_size=32,64), each point in a "
+        "workspace of its own under sweeps/ sharing the DVC cache (unchanged stages are not run again), run at the "
+        "same time: `dvc exp run` per point, or with --profile `snakemake --profile P` (its jobs on the cluster) and "
+        "`litpipe record`. Each point becomes a DVC experiment in this repository (`litpipe experiments`); a point "
+        "that fails is one line with its log, the others are kept. Other options go to snakemake (or dvc exp run).",
+        "litpipe.sweep:main",
+        sweep_arguments,
+        passes_on_unknown=True,
     ),
     "dag": Tool(
         "Each stage's code dependencies: the package files its code imports.",
@@ -236,9 +276,16 @@ def stage_session(part: fanout.Part, started: float) -> Iterator[Session]:
             log.error("%s stopped by SIGTERM before it finished", task)
             return
         seconds = time.perf_counter() - started
-        if completes:  # recorded for the report, which totals them and suggests SLURM time limits
-            write_json(paths.timing_file(part.stage), {"stage": part.stage, "seconds": round(seconds, 2)})
-        log.info("%s finished in %.1f s", task, seconds)
+        # Peak resident memory: this process's, or its largest child's (a part the launcher ran, which needs as
+        # much in a job of its own), for the report's suggested --mem. Linux counts kB, macOS bytes.
+        import resource
+
+        largest = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        peak_mb = largest / (2**20 if sys.platform == "darwin" else 2**10)
+        if completes:  # recorded for the report, which totals them and suggests a SLURM --time and --mem
+            timing = {"stage": part.stage, "seconds": round(seconds, 2), "peak_mb": round(peak_mb)}
+            write_json(paths.timing_file(part.stage), timing)
+        log.info("%s finished in %.1f s (peak memory %.0f MB)", task, seconds, peak_mb)
         session.code = 0
     finally:
         logs.settle(log_file, previous, succeeded=session.code == 0)

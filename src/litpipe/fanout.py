@@ -100,6 +100,16 @@ def fit_seed(seed: int, seeds: Sequence[int]) -> Part:
     return Part("fit", paths.fit_run(seed, seeds).task, (("seed", seed),), f"the fit of seed {seed}")
 
 
+def rules(stage: str, params: "Params") -> list[str]:
+    """The Snakemake rules that run `stage` from its start: the search's setup (its workers and collect follow
+    it), every seed's fit, or the stage's own rule."""
+    if stage == "search":
+        return [search_setup().rule]
+    if stage == "fit":
+        return [fit_seed(seed, params.replicates.seeds).rule for seed in params.replicates.seeds]
+    return [stage]
+
+
 def add_arguments(stage: str, parser: argparse.ArgumentParser) -> None:
     """The options that pick one part of `stage` on the command line (none for a stage that has no parts)."""
     if stage == "search":
