@@ -26,6 +26,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+class GroupedNodeIds:
+    """pytest-xdist's loadgroup sends a group's tests to one worker by the "@group" it appends to their node ids, as
+    `item._nodeid`; pytest 9 reads a node's id from `item._id` instead, so the suffix never took effect and every
+    shared fixture was built in both workers. Put it where pytest reads it, after xdist wrote it."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        from _pytest.nodeid import coerce_node_id
+
+        for item in items:
+            grouped = item.__dict__.get("_nodeid")
+            if grouped and grouped != item.nodeid:
+                item._id = coerce_node_id(grouped)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(GroupedNodeIds(), "litpipe-grouped-node-ids")
+
+
 CHEAP_SHARED = {"default_params"}  # shared fixtures that cost nothing to build twice
 
 

@@ -144,11 +144,16 @@ def test_a_sweep_on_slurm_queues_every_points_jobs_at_once_and_records_a_row_eac
                 "slurm",
                 "-S",
                 "optim.lr=0.001,0.003,0.01",
-                # The SLURM plugin's status checks, as tests/test_workflow.py sets them for short jobs.
+                # The SLURM plugin's status checks, as tests/test_workflow.py sets them for short jobs, and a core
+                # for each training job: two jobs at a time on CI's two-core node.
                 "--slurm-init-seconds-before-status-checks",
                 "1",
                 "--seconds-between-status-checks",
                 "1",
+                "--set-resources",
+                *(f"{rule}:cpus_per_task=1" for rule in ("sanity", "lr_find", "fit")),
+                "--set-threads",
+                *(f"{rule}=1" for rule in ("sanity", "lr_find", "fit")),
             ],
             repo,
             check=False,

@@ -9,6 +9,7 @@ import threading
 from contextlib import chdir
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -28,7 +29,9 @@ from .helpers import (
     missing,
     require_tool,
     run,
+    stop,
     tool_env,
+    wait_until,
     use_network,
     write_network,
 )
@@ -355,7 +358,8 @@ def test_a_sites_profile_replaces_the_default_resources(tmp_path):
 
 # --- SLURM ---------------------------------------------------------------------------------------
 
-SLURM_FAST = {**FAST, "search.n_workers": 2, "replicates.seeds": [0, 1]}  # a second seed: a fit job of its own
+# A second seed: a fit job of its own; a resume point at every epoch's end.
+SLURM_FAST = {**FAST, "search.n_workers": 2, "replicates.seeds": [0, 1], "train.resume_every_minutes": 1e-6}
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
 
 
@@ -501,6 +505,46 @@ class SlurmJobStates:
 
 
 @pytest.mark.integration
+def process_of(command: str, workspace: Path) -> psutil.Process | None:
+    """The running `litpipe <command>` process whose working directory is `workspace`."""
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"]
+        if cwd == str(workspace) and command in " ".join(cmdline) and "litpipe" in " ".join(cmdline):
+            return process
+    return None
+
+
+@pytest.mark.integration
+def test_a_fit_job_killed_outright_resumes_on_its_retry_to_the_same_numbers(local_run, tmp_path):
+    """`scancel -s KILL` of the fit's job after a resume point: no handler runs, and the profile's retry resumes
+    from the resume point and ends with the test metrics of the uninterrupted local run."""
+    slurm_cluster()
+    repo = copy_workspace(local_run, tmp_path / "repo")
+    (repo / paths.BEST_CKPT).unlink()  # the first seed's fit and what follows it run again
+    fit_log = repo / "logs/fit.log"
+    fit_log.unlink()  # the local run's: it has resume points too
+    with (tmp_path / "snakemake.out").open("w") as output:
+        started = subprocess.Popen(
+            snakemake_on_slurm(), cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT
+        )
+    fit_log = repo / "logs/fit.log"
+    wait_until(
+        lambda: started.poll() is not None or fit_log.exists() and "resume point at epoch 2:" in fit_log.read_text(),
+        300,
+        "the fit job's second resume point",
+    )
+    fit = process_of("fit --seed 0", repo)
+    assert fit is not None and started.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
+    stop(fit.pid)  # held before training ends, however fast the machine
+    job = dict(v.split("=", 1) for v in Path(f"/proc/{fit.pid}/environ").read_text().split("\0") if "=" in v)
+    run(["scancel", "--signal", "KILL", job["SLURM_JOB_ID"]], repo)
+    assert started.wait(timeout=900) == 0, (tmp_path / "snakemake.out").read_text()[-3000:]
+    assert "resuming the fit from models/resume.ckpt" in fit_log.read_text()
+    assert not (repo / paths.RESUME_CKPT).exists()
+    metrics = "results/test/metrics.json"
+    assert (repo / metrics).read_bytes() == (local_run / metrics).read_bytes()
+
+
 def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(local_run, tmp_path):
     slurm_cluster()
     repo = copy_workspace(local_run, tmp_path / "repo")  # with a new search space, only the search re-runs
