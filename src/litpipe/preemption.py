@@ -104,9 +104,11 @@ class Preemption(Checkpoint):
             )
         due = self.every_seconds > 0 and time.monotonic() - self._last_saved >= self.every_seconds
         if decide(due, all=False):
+            started = time.monotonic()
             self._save(trainer)
             self._last_saved = time.monotonic()
-            log.info("resume point at epoch %d: %s", trainer.current_epoch + 1, self.run.resume)
+            took = self._last_saved - started
+            log.info("resume point at epoch %d: %s (%.3f s)", trainer.current_epoch + 1, self.run.resume, took)
 
     def _save(self, trainer: pl.Trainer) -> None:
         self._saving = True

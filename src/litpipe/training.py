@@ -97,6 +97,9 @@ def make_trainer(params: Params, distributed: bool = False, **overrides: Any) ->
         enable_progress_bar=sys.stderr.isatty(),
         num_sanity_val_steps=0,
         log_every_n_steps=params.observe.log_every_n_steps,
+        # Under DDP the training batches are already sharded by rank (data/prepared.BatchOrder) and validation and
+        # test are whole on every rank: Lightning's own distributed sampler would shard them again.
+        use_distributed_sampler=False,
         # Under SLURM, Lightning would requeue the job itself on SIGUSR1, behind the orchestrator's
         # back; litpipe handles the signals (Preemption, the search worker) and the orchestrator re-runs.
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
@@ -158,6 +161,21 @@ class History(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
+
+
+class RankRandomness(Callback):
+    """Under DDP, each rank's own random numbers for dropout and augmentation, drawn afresh each epoch from (seed,
+    epoch, rank). Every rank is seeded alike, so without this they would all draw the same masks for their
+    different samples; and a function of the epoch makes a resumed epoch draw what it drew the first time (the
+    resume point holds the first rank's generator states only). One process trains as it always has."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            # Distinct for every (seed, epoch, rank) below 2**20 epochs and 2**12 ranks.
+            torch.manual_seed((self.seed * 2**20 + trainer.current_epoch) * 2**12 + trainer.global_rank)
 
 
 class StochasticWeightAveraging(WeightAveraging):
@@ -302,6 +320,7 @@ def fit_trainer(
         params.train.max_epochs,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.
         callbacks=[
+            RankRandomness(params.seed),
             StochasticWeightAveraging(swa_start),
             checkpoint,
             *callbacks,
