@@ -3,7 +3,9 @@
 import csv
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 from contextlib import chdir
@@ -505,13 +507,24 @@ class SlurmJobStates:
 
 
 @pytest.mark.integration
-def process_of(command: str, workspace: Path) -> psutil.Process | None:
-    """The running `litpipe <command>` process whose working directory is `workspace`."""
+def processes_of(command: str, workspace: Path) -> list[psutil.Process]:
+    """The running `litpipe <command>` processes whose working directory is `workspace`."""
+    found = []
     for process in psutil.process_iter(["cmdline", "cwd"]):
-        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"]
-        if cwd == str(workspace) and command in " ".join(cmdline) and "litpipe" in " ".join(cmdline):
-            return process
-    return None
+        cmdline, cwd = " ".join(process.info["cmdline"] or []), process.info["cwd"]
+        if cwd == str(workspace) and f"litpipe {command}" in cmdline and "srun" not in cmdline:
+            found.append(process)
+    return found
+
+
+def job_of(process: psutil.Process) -> str:
+    environ = Path(f"/proc/{process.pid}/environ").read_text().split("\0")
+    return dict(v.split("=", 1) for v in environ if "=" in v)["SLURM_JOB_ID"]
+
+
+def process_of(command: str, workspace: Path) -> psutil.Process | None:
+    found = processes_of(command, workspace)
+    return found[0] if found else None
 
 
 @pytest.mark.integration
@@ -536,13 +549,65 @@ def test_a_fit_job_killed_outright_resumes_on_its_retry_to_the_same_numbers(loca
     fit = process_of("fit --seed 0", repo)
     assert fit is not None and started.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
     stop(fit.pid)  # held before training ends, however fast the machine
-    job = dict(v.split("=", 1) for v in Path(f"/proc/{fit.pid}/environ").read_text().split("\0") if "=" in v)
-    run(["scancel", "--signal", "KILL", job["SLURM_JOB_ID"]], repo)
+    run(["scancel", "--signal", "KILL", job_of(fit)], repo)
     assert started.wait(timeout=900) == 0, (tmp_path / "snakemake.out").read_text()[-3000:]
     assert "resuming the fit from models/resume.ckpt" in fit_log.read_text()
     assert not (repo / paths.RESUME_CKPT).exists()
     metrics = "results/test/metrics.json"
     assert (repo / metrics).read_bytes() == (local_run / metrics).read_bytes()
+
+
+DDP_ON_SLURM = {
+    **FAST,
+    "search.enabled": False,
+    "train.accelerator": "cpu",
+    "train.devices": 2,
+    "train.strategy": "ddp",
+    "train.max_epochs": 12,
+    "train.early_stopping_patience": 50,
+    "train.resume_every_minutes": 0,
+}
+
+
+@pytest.mark.integration
+def test_a_ddp_fit_is_one_slurm_job_of_a_task_per_rank_and_a_signal_stops_both_ranks(tmp_path):
+    """train.devices: 2 on CPU (gloo): the fit is one job of two tasks, each a rank started by srun. SIGUSR1 to the
+    job mid-training stops both ranks at the same epoch's end with a resume point, and the profile's retry
+    resumes both and finishes."""
+    slurm_cluster()
+    repo = copy_repo(tmp_path / "repo")
+    edit_params(repo, DDP_ON_SLURM)
+    one_core = ["--set-resources", "fit:cpus_per_task=1", "--set-threads", "fit=1"]  # two tasks on CI's two cores
+    with (tmp_path / "snakemake.out").open("w") as output:
+        started = subprocess.Popen(
+            [*snakemake_on_slurm("fit"), *one_core], cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT
+        )
+    fit_log = repo / "logs/fit.log"
+    wait_until(
+        lambda: started.poll() is not None or fit_log.exists() and "epoch 3/" in fit_log.read_text(),
+        600,
+        "the DDP fit's third epoch",
+    )
+    ranks = processes_of("fit --seed 0", repo)
+    assert len(ranks) == 2 and started.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
+    assert len({job_of(rank) for rank in ranks}) == 1  # one job, two tasks
+    for rank in ranks:
+        stop(rank.pid)  # held mid-training: the signal lands before training ends, however fast the machine
+    run(["scancel", "--signal", "USR1", job_of(ranks[0])], repo)
+    for rank in ranks:
+        os.kill(rank.pid, signal.SIGCONT)
+    assert started.wait(timeout=900) == 0, (tmp_path / "snakemake.out").read_text()[-3000:]
+    first_attempt = (repo / ".snakemake/slurm_logs/rule_fit").glob("*.log")
+    preempted = [
+        line for path in first_attempt for line in path.read_text().splitlines() if "fit preempted by SIGUSR1" in line
+    ]
+    assert len(preempted) == 2 and len({line.split(" at epoch ")[1].split(";")[0] for line in preempted}) == 1, (
+        preempted
+    )
+    assert "resuming the fit from models/resume.ckpt" in fit_log.read_text()
+    assert "resuming the fit from models/resume.ckpt" in (repo / "logs/fit.rank1.log").read_text()
+    summary = json.loads((repo / paths.FIT_SUMMARY).read_text())
+    assert summary["epochs"] == DDP_ON_SLURM["train.max_epochs"]
 
 
 def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(local_run, tmp_path):

@@ -78,6 +78,40 @@ def resources(rule_name):
     return {**grown, **PLACEMENT, **extra}
 
 
+# A distributed fit (train.devices x train.num_nodes processes) is one SLURM job of that many tasks, train.devices
+# on each of train.num_nodes nodes (and as many GPUs on each, when the fit trains on GPUs); its shell starts the
+# tasks with srun, and Lightning's SLURM environment finds each one's rank. Outside SLURM (no SLURM_JOB_ID) the
+# command runs as it is, and Lightning starts the processes itself.
+TRAIN = PARAMS.train
+WORLD = TRAIN.devices * TRAIN.num_nodes
+
+
+def fit_resources():
+    job = resources("fit")
+    if WORLD == 1:
+        return job
+    # The SLURM plugin's "mpi" jobs: the shell itself starts the tasks (fit_shell).
+    job.update(mpi="srun", nodes=TRAIN.num_nodes)
+    if TRAIN.devices > 1:
+        job["tasks_per_node"] = TRAIN.devices
+    else:  # the plugin takes tasks per node above 1 only
+        job["tasks"] = WORLD
+    if job.pop("gpu", 0) or TRAIN.accelerator in ("gpu", "cuda"):
+        model = job.pop("gpu_model", None)
+        job["gres"] = f"gpu:{model}:{TRAIN.devices}" if model else f"gpu:{TRAIN.devices}"
+    return job
+
+
+def fit_shell():
+    """The fit rules' shell (the command comes from params.command): under SLURM, with many processes, one per
+    task through srun, whose task settings are given again (the job step's environment is cleared of the
+    allocation's); the cores per task are the job's, a site's set-resources included."""
+    if WORLD == 1:
+        return "{params.command}"
+    tasks = f"--ntasks={WORLD} --ntasks-per-node={TRAIN.devices} --cpus-per-task={{resources.cpus_per_task}}"
+    return f"${{{{SLURM_JOB_ID:+srun {tasks}}}}} {{params.command}}"
+
+
 def cores(rule_name):
     """The rule's `threads`: Snakemake sets OMP_NUM_THREADS to it, and litpipe runs that many threads."""
     return RESOURCES[KIND.get(rule_name, "light")]["cpus_per_task"]

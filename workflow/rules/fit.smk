@@ -16,13 +16,14 @@ rule fit:
         paths.benchmark_file("fit")
     params:
         tracked=dag.param_values(FIT, TRACKED),
+        command=fanout.fit_seed(SEEDS[0], SEEDS).command,
     threads: cores("fit")
     resources:
-        **resources("fit"),
+        **fit_resources(),
     conda:
         ENVIRONMENT
     shell:
-        fanout.fit_seed(SEEDS[0], SEEDS).command
+        fit_shell()
 
 
 for replicate_seed, replicate in REPLICATES.items():
@@ -46,8 +47,8 @@ for replicate_seed, replicate in REPLICATES.items():
             command=fanout.fit_seed(replicate_seed, SEEDS).command,
         threads: cores("fit")
         resources:
-            **resources("fit"),
+            **fit_resources(),
         conda:
             ENVIRONMENT
         shell:
-            "{params.command}"
+            fit_shell()
