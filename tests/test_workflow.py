@@ -527,6 +527,20 @@ def process_of(command: str, workspace: Path) -> psutil.Process | None:
     return found[0] if found else None
 
 
+def start_snakemake_until(args: list[str], repo: Path, progress: str, timeout: float) -> subprocess.Popen:
+    """Snakemake started in the background (its output in snakemake.out beside the repository), once `progress` is
+    in the fit's log (or Snakemake ended)."""
+    with (repo.parent / "snakemake.out").open("w") as output:
+        started = subprocess.Popen(args, cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT)
+    fit_log = repo / "logs/fit.log"
+    wait_until(
+        lambda: started.poll() is not None or fit_log.exists() and progress in fit_log.read_text(),
+        timeout,
+        f"'{progress}' in the fit's log",
+    )
+    return started
+
+
 @pytest.mark.integration
 def test_a_fit_job_killed_outright_resumes_on_its_retry_to_the_same_numbers(local_run, tmp_path):
     """`scancel -s KILL` of the fit's job after a resume point: no handler runs, and the profile's retry resumes
@@ -536,16 +550,7 @@ def test_a_fit_job_killed_outright_resumes_on_its_retry_to_the_same_numbers(loca
     (repo / paths.BEST_CKPT).unlink()  # the first seed's fit and what follows it run again
     fit_log = repo / "logs/fit.log"
     fit_log.unlink()  # the local run's: it has resume points too
-    with (tmp_path / "snakemake.out").open("w") as output:
-        started = subprocess.Popen(
-            snakemake_on_slurm(), cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT
-        )
-    fit_log = repo / "logs/fit.log"
-    wait_until(
-        lambda: started.poll() is not None or fit_log.exists() and "resume point at epoch 2:" in fit_log.read_text(),
-        300,
-        "the fit job's second resume point",
-    )
+    started = start_snakemake_until(snakemake_on_slurm(), repo, "resume point at epoch 2:", 300)
     fit = process_of("fit --seed 0", repo)
     assert fit is not None and started.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
     stop(fit.pid)  # held before training ends, however fast the machine
@@ -578,16 +583,8 @@ def test_a_ddp_fit_is_one_slurm_job_of_a_task_per_rank_and_a_signal_stops_both_r
     repo = copy_repo(tmp_path / "repo")
     edit_params(repo, DDP_ON_SLURM)
     one_core = ["--set-resources", "fit:cpus_per_task=1", "--set-threads", "fit=1"]  # two tasks on CI's two cores
-    with (tmp_path / "snakemake.out").open("w") as output:
-        started = subprocess.Popen(
-            [*snakemake_on_slurm("fit"), *one_core], cwd=repo, env=tool_env(), stdout=output, stderr=subprocess.STDOUT
-        )
+    started = start_snakemake_until([*snakemake_on_slurm("fit"), *one_core], repo, "epoch 3/", 600)
     fit_log = repo / "logs/fit.log"
-    wait_until(
-        lambda: started.poll() is not None or fit_log.exists() and "epoch 3/" in fit_log.read_text(),
-        600,
-        "the DDP fit's third epoch",
-    )
     ranks = processes_of("fit --seed 0", repo)
     assert len(ranks) == 2 and started.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
     assert len({job_of(rank) for rank in ranks}) == 1  # one job, two tasks
