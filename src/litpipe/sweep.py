@@ -2,9 +2,9 @@
 the same time in a workspace of its own and recorded as a DVC experiment, one row each in `dvc exp show`.
 
 DVC's own queue runs experiments on this machine only, and a Snakemake run is one configuration. So each point
-gets a clone of the last commit under sweeps/<name>/ that shares this repository's DVC cache: `dvc checkout`
-puts the committed outputs in place (the stages a point does not change, prepare among them, are not run
-again), and the point's params are written into its params.yaml. Then, at once for up to N points:
+gets a clone of the last commit under sweeps/<name>/ that shares this repository's DVC cache and takes this
+workspace's dvc.lock: `dvc checkout` puts the outputs it records in place (the stages a point does not change,
+prepare among them, are not run again), and the point's params are written into its params.yaml. Then, at once for up to N points:
 - without a profile: `dvc exp run --name NAME`, a local process per point, the cores shared out;
 - with a profile (`--profile slurm`): `snakemake --profile P`, forcing the stages DVC finds changed (a fresh
   clone has no Snakemake records of its params), its jobs in the cluster's queue beside the other points';
@@ -30,11 +30,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from litpipe import fanout, paths
+from litpipe import dag, fanout, paths
 from litpipe.config import Params, load_params
 from litpipe.errors import ConfigError, StageError
 
 SWEEPS = Path("sweeps")  # the points' workspaces (git- and DVC-ignored)
+LOCK = Path("dvc.lock")
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,15 @@ def yaml_text(value: Any) -> str:
 
 def committed_base() -> str:
     """The commit every point starts from: the last one, when the working tree holds nothing uncommitted that a
-    point would miss."""
+    point would miss (what the pipeline writes, dvc.lock and its outputs, does not count: a point runs its
+    stages itself, reusing those in the cache)."""
     head = git(["rev-parse", "--verify", "HEAD"]).strip()
-    changed = git(["status", "--porcelain", "--untracked-files=no"]).splitlines()
+    written = dag.written_by_pipeline()
+    changed = [line[3:] for line in git(["status", "--porcelain", "--untracked-files=no"]).splitlines()]
+    changed = [path for path in changed if not written(path)]
     if changed:
         raise StageError(
-            f"{changed[0][3:]} has uncommitted changes: each point starts from the last commit; commit them first"
+            f"{changed[0]} has uncommitted changes: each point starts from the last commit; commit them first"
         )
     return head
 
@@ -174,6 +178,8 @@ class Runner:
         )
         self._step(["git", "checkout", "--quiet", "--detach", self.base], workspace, log)
         self._step(["dvc", "cache", "dir", "--local", str(self.cache)], workspace, log)
+        if LOCK.exists():  # what the stages run here since the last commit left in the cache, a point reuses too
+            shutil.copy2(LOCK, workspace / LOCK)
         write_params(workspace / paths.PARAMS, point.settings)
         # What the cache lacks is run (dvc checkout says so, exit 1): not a failure of the point.
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=workspace, capture_output=True, check=False)
