@@ -115,9 +115,9 @@ def committed_base() -> str:
     """The commit every point starts from: the last one, when the working tree holds nothing uncommitted that a
     point would miss (what the pipeline writes, dvc.lock and its outputs, does not count: a point runs its
     stages itself, reusing those in the cache)."""
-    head = git(["rev-parse", "--verify", "HEAD"]).strip()
+    head = output_of(["git", "rev-parse", "--verify", "HEAD"]).strip()
     written = dag.written_by_pipeline()
-    changed = [line[3:] for line in git(["status", "--porcelain", "--untracked-files=no"]).splitlines()]
+    changed = [line[3:] for line in output_of(["git", "status", "--porcelain", "--untracked-files=no"]).splitlines()]
     changed = [path for path in changed if not written(path)]
     if changed:
         raise StageError(
@@ -142,7 +142,7 @@ class Runner:
     def __init__(self, base: str, profiles: list[str], extra: list[str], threads: int) -> None:
         self.base, self.profiles, self.extra = base, profiles, extra
         self.env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # local points share the cores out
-        self.cache = Path(dvc_output(["cache", "dir"]).strip()).resolve()
+        self.cache = Path(output_of(["dvc", "cache", "dir"]).strip()).resolve()
         self.origin = Path.cwd()
         self._print = threading.Lock()
 
@@ -188,7 +188,7 @@ class Runner:
         """The point's Snakemake command: forced to run what DVC finds changed, after marking the outputs checked
         out from the cache up to date (whatever their times say)."""
         rules = [rule for stage in changed_stages(workspace) for rule in fanout.rules(stage, params)]
-        run_quietly(["snakemake", "--touch", "--cores", "1", "--quiet"], workspace)
+        output_of(["snakemake", "--touch", "--cores", "1", "--quiet"], workspace)
         profiles = [word for profile in self.profiles for word in ("--profile", profile)]
         return ["snakemake", *profiles, *(["--forcerun", *rules] if rules else []), *self.extra]
 
@@ -197,7 +197,9 @@ class Runner:
         log.flush()
         done = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=self.env, check=False)
         if done.returncode != 0:
-            raise StageError(f"{' '.join(command[:2])} exited with {done.returncode}: {last_line(log.name)}")
+            raise StageError(
+                f"{' '.join(command[:2])} exited with {done.returncode}: {last_line(Path(log.name).read_text()) or 'no output'}"
+            )
 
     def _say(self, message: str) -> None:
         with self._print:
@@ -223,7 +225,7 @@ def write_params(path: Path, settings: dict[str, Any]) -> None:
 
 def changed_stages(workspace: Path) -> list[str]:
     """The stages DVC would run in the workspace: changed params, code or data, or outputs it lacks."""
-    status = json.loads(dvc_output(["status", "--json"], workspace) or "{}")
+    status = json.loads(output_of(["dvc", "status", "--json"], workspace) or "{}")
     return [name.split(":")[-1] for name in status]
 
 
@@ -236,28 +238,16 @@ def score(workspace: Path) -> str:
     return f" ({', '.join(shown)})" if shown else ""
 
 
-def run_quietly(command: list[str], cwd: Path) -> None:
+def output_of(command: list[str], cwd: Path | None = None) -> str:
+    """The output of a command that must succeed; when it fails, its last line of output says why."""
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise StageError(f"{' '.join(command[:2])}: {lines[-1] if lines else f'exit {done.returncode}'}")
-
-
-def dvc_output(args: list[str], cwd: Path | None = None) -> str:
-    done = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise StageError(f"dvc {args[0]}: {lines[-1] if lines else f'exit {done.returncode}'}")
+        raise StageError(
+            f"{' '.join(command[:2])}: {last_line(done.stderr + done.stdout) or f'exit {done.returncode}'}"
+        )
     return done.stdout
 
 
-def git(args: list[str]) -> str:
-    done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise StageError(f"git {args[0]}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
-    return done.stdout
-
-
-def last_line(log_path: str) -> str:
-    lines = [line for line in Path(log_path).read_text().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
