@@ -14,7 +14,7 @@ SECTIONS = [
 ]  # fmt: skip
 
 
-def test_report_opens_offline_with_every_image_and_no_console_error(pipeline, tmp_path):
+def test_report_opens_offline_with_every_image_and_no_console_error(pipeline, tmp_path, default_params):
     from playwright.sync_api import sync_playwright
 
     repo, _, _ = pipeline
@@ -31,6 +31,8 @@ def test_report_opens_offline_with_every_image_and_no_console_error(pipeline, tm
         page.on("request", lambda request: requests.append(request.url))
         page.goto(report.as_uri(), wait_until="load")
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        described = page.evaluate("Array.from(document.images).map(i => i.alt)")
+        title = page.title()
         headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent.replace('¶', ''))")
         text = page.evaluate("document.body.innerText")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
@@ -39,6 +41,11 @@ def test_report_opens_offline_with_every_image_and_no_console_error(pipeline, tm
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing from the network
     assert len(images) >= 15 and all(complete and width > 0 and height > 0 for complete, width, height in images)
     assert headings == SECTIONS
+    assert title == default_params["report"]["title"]  # the browser tab names the report, not "Notebook"
+    # Every figure says what it shows; nbconvert's stand-in for a missing one ("No description has been provided")
+    # would be here too, so each is the notebook's own: it names what the figure plots.
+    assert len(described) == len(images) and all(len(alt) > 20 for alt in described)
+    assert not any("No description" in alt for alt in described)
     assert "import json" not in text and "EventAccumulator(" not in text  # code hidden
     assert (tmp_path / "report.png").stat().st_size > 50_000
 

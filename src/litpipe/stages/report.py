@@ -33,6 +33,8 @@ def run(params: Params) -> None:
         exclude_input_prompt=True,
         exclude_output_prompt=True,
     )
-    html, _ = exporter.from_notebook_node(nbformat.read(EXECUTED, as_version=4))
+    executed = nbformat.read(EXECUTED, as_version=4)
+    executed.metadata["title"] = params.report.title  # the page's <title>; nbconvert's default is the file's name
+    html, _ = exporter.from_notebook_node(executed)
     write_text(paths.REPORT_HTML, html)
     log.info("report: %s (%.0f kB)", paths.REPORT_HTML, len(html) / 1024)
