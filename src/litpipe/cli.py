@@ -87,6 +87,13 @@ def experiments_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("options", nargs=argparse.REMAINDER, help="options for `dvc exp show`")
 
 
+def compare_arguments(parser: argparse.ArgumentParser) -> None:
+    for side in ("a", "b"):
+        parser.add_argument(
+            side, metavar=side.upper(), help="a DVC experiment (`dvc exp show`), a git revision (HEAD), or workspace"
+        )
+
+
 def record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the experiment's name (default: slurm- and the params that changed)")
     parser.add_argument("--force", action="store_true", help="replace an experiment of the same name")
@@ -96,6 +103,10 @@ def dag_arguments(parser: argparse.ArgumentParser) -> None:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="exit 1, naming the stage, where dvc.yaml differs")
     action.add_argument("--write", action="store_true", help="write them into dvc.yaml (the rest of it kept as it is)")
+
+
+def schema_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", action="store_true", help="exit 1 where the file differs, writing nothing")
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +137,14 @@ TOOLS = {
         "litpipe.experiments:show_command",
         experiments_arguments,
         passes_on_unknown=True,
+    ),
+    "compare": Tool(
+        "Is B better than A? Paired over their seeds, with intervals and tests.",
+        "Compare two runs trained with the same seeds (replicates.seeds), metric by metric: B - A paired by seed, "
+        "its 95% confidence interval, a paired t-test's p-value (and from 6 seeds on the Wilcoxon signed-rank "
+        "test's), and each run's test split's own 95% interval. Says when the seeds are too few to tell.",
+        "litpipe.compare:command",
+        compare_arguments,
     ),
     "record": Tool(
         "Record a finished Snakemake run (e.g. on SLURM) as a DVC experiment.",
@@ -168,6 +187,14 @@ TOOLS = {
         "--check compares them with dvc.yaml's, --write writes them there. Run from the repository root.",
         "litpipe.codedeps:main",
         dag_arguments,
+    ),
+    "schema": Tool(
+        "Write params.schema.json, the JSON Schema editors check params.yaml with.",
+        "Write params.schema.json, generated from the params models (src/litpipe/config.py): params.yaml names it "
+        "for the YAML language server, so editors complete its keys and flag unknown keys, wrong types and values "
+        "out of range. --check exits 1 where the file is not what the models give. Run from the repository root.",
+        "litpipe.schema:main",
+        schema_arguments,
     ),
 }
 

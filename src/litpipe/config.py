@@ -9,11 +9,12 @@ rather than the last one winning. The file is read as YAML 1.2, as DVC reads it:
 """
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from litpipe.data import DATASETS, TABLES
 from litpipe.errors import ConfigError
@@ -25,6 +26,9 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 PositiveInt = Annotated[int, Field(ge=1, le=INT32_MAX)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy, scikit-learn and Lightning's seeding accept
+# params.schema.json (schema.py) states what the validators below check where a JSON Schema can say it; its
+# identifiers are ASCII (editors' regular expressions), where Python's isidentifier() takes any letter.
+IDENTIFIER = "^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class Section(BaseModel):
@@ -32,7 +36,7 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    dataset: str
+    dataset: Annotated[str, Field(json_schema_extra={"enum": list(DATASETS)})]
     root: str
     test_fraction: Fraction
     val_fraction: Fraction
@@ -73,15 +77,32 @@ class DataParams(Section):
 
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")  # a file of starting weights (models/weights.py)
+WEIGHTS_PATTERN = rf"^(?!/)[\s\S]*({'|'.join(map(re.escape, WEIGHT_SUFFIXES))})$"  # what ModelParams.weights_file takes
+WeightsFile = Annotated[str, Field(json_schema_extra={"pattern": WEIGHTS_PATTERN})]
+
+
+# What ModelParams.named takes: a name, or module:Class (the module a file's path or a dotted package name).
+ARCH_PATTERN = r"^[^:\s]([^:]*[^:\s])?$|^[^:\s][^:]*:[A-Za-z_]\w*$"
+Network = Annotated[str, Field(json_schema_extra={"pattern": ARCH_PATTERN})]
+# model.kwargs as per_network and arguments_named take it: null for none, a mapping of each network's arguments.
+KWARGS_SCHEMA = {
+    "type": ["object", "null"],
+    "propertyNames": {"pattern": IDENTIFIER},
+    "additionalProperties": {
+        "type": ["object", "null"],
+        "propertyNames": {"pattern": IDENTIFIER},
+        "additionalProperties": {"type": ["number", "string", "boolean", "array", "null"]},
+    },
+}
 
 
 class ModelParams(Section):
-    arch: str  # litpipe's, torchvision's or your own network (models/zoo.py); checked when a stage starts
+    arch: Network  # litpipe's, torchvision's or your own network (models/zoo.py); checked when a stage starts
     # Each network's constructor arguments, under its name (your own: its class's name); the one model.arch
     # names is used, so `-S model.arch=cnn` trains the cnn with its own. Checked against its signature.
-    kwargs: dict[str, dict[str, Any]]
+    kwargs: Annotated[dict[str, dict[str, Any]], WithJsonSchema(KWARGS_SCHEMA)]
     stem: Literal["auto", "small", "standard"]  # torchvision's CNNs: auto = small under 64 pixels
-    weights: str | None  # starting weights: a file of the repository, tracked by DVC (models/weights.py)
+    weights: WeightsFile | None  # starting weights: a file of the repository, tracked by DVC (models/weights.py)
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -214,18 +235,23 @@ class LrFindParams(Section):
         return self
 
 
+Storage = Annotated[str, Field(json_schema_extra={"pattern": "^journal$|://"})]  # SearchParams.known_storage
+
+
 class SearchParams(Section):
     enabled: bool
     sampler: Literal["grid", "random", "tpe"]
     n_trials: PositiveInt  # random and tpe; the grid runs each of its points once
     n_workers: PositiveInt
-    storage: str  # "journal" (a file next to the results) or an RDB URL
+    storage: Storage  # "journal" (a file next to the results) or an RDB URL
     pruner: Literal["median", "successive_halving", "hyperband", "none"]
     pruner_startup_trials: Count
     pruner_warmup_epochs: Count
     heartbeat_seconds: PositiveInt  # database storages: a trial silent for 3 intervals is retried
     cuda_mps: Literal["auto", "off"]  # workers sharing a GPU: under a private CUDA MPS daemon (resources.py)
     max_epochs: PositiveInt
+    # the best configurations trained again with each seed of replicates.seeds; the fit takes the best mean (0: off)
+    reevaluate_top_k: Annotated[int, Field(ge=0, le=1000)]
     space: Annotated[dict[str, Any], Field(min_length=1)]
 
     @field_validator("storage")
@@ -248,8 +274,11 @@ class SearchParams(Section):
         return search_space.parse(self.space)
 
 
+Seeds = Annotated[list[Seed], Field(min_length=1, max_length=1000, json_schema_extra={"uniqueItems": True})]
+
+
 class ReplicatesParams(Section):
-    seeds: Annotated[list[Seed], Field(min_length=1, max_length=1000)]  # the fit and test once per seed
+    seeds: Seeds  # the fit and test once per seed
     n_workers: PositiveInt  # replicate fits at once, each on its share of the cores (GPUs round-robin)
 
     @field_validator("seeds")
@@ -280,6 +309,8 @@ class ReportParams(Section):
     title: str
     mistakes_shown: PositiveInt
 
+
+TUNABLE = {"model": ModelParams, "optim": OptimParams, "train": TrainParams}  # the sections search.space sets
 
 # The keys of the train section that a search trial does not use: searching one would give identical trials,
 # whose tie-break the fit would then apply as if it had been chosen.
@@ -334,7 +365,6 @@ class Params(Section):
     def space_is_valid(self) -> "Params":
         # A search key must name a tunable param and each value must pass that param's own
         # validation, so a typo in the space fails now rather than in trial 7.
-        tunable = {"model": ModelParams, "optim": OptimParams, "train": TrainParams}
         for dotted, dimension in self.search.dimensions().items():
             section, _, field = dotted.partition(".")
             # model.kwargs.<network>.<argument>: any argument; the network's constructor checks it when a stage
@@ -342,10 +372,10 @@ class Params(Section):
             network, _, argument = dotted.removeprefix(search_space.ARGUMENTS).partition(".")
             if not (search_space.network_of(dotted) and network.isidentifier() and argument.isidentifier()):
                 argument = ""
-            if section not in tunable or (field not in tunable[section].model_fields and not argument):
+            if section not in TUNABLE or (field not in TUNABLE[section].model_fields and not argument):
                 allowed = ", ".join(
                     f"{s}.<{'|'.join(f for f in m.model_fields if f'{s}.{f}' not in IGNORED_BY_TRIALS)}>"
-                    for s, m in tunable.items()
+                    for s, m in TUNABLE.items()
                 )
                 raise ValueError(
                     f"search.space: unknown key {dotted!r}; allowed: {allowed}, model.kwargs.<network>.<argument>"
@@ -371,7 +401,7 @@ class Params(Section):
                     else {field: value}
                 )
                 try:
-                    tunable[section].model_validate({**current, **changed})
+                    TUNABLE[section].model_validate({**current, **changed})
                 except ValidationError as error:
                     detail = error.errors()[0]["msg"]
                     raise ValueError(f"search.space.{dotted}: value {value!r}: {detail}") from None
