@@ -144,7 +144,7 @@ def test_a_dep_written_by_hand_is_drift_both_ways(tmp_path):
     checked = run(["litpipe", "dag", "--check"], repo, check=False)
     assert checked.returncode == 1
     assert "dvc.yaml: stage prepare: not imported src/litpipe/bench.py" in checked.stderr
-    assert "dvc.yaml: stage test: missing src/litpipe/spread.py" in checked.stderr
+    assert "dvc.yaml: stage search: missing src/litpipe/spread.py" in checked.stderr  # its first stage
 
 
 def test_the_notebook_and_the_data_loaders_are_where_they_run():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats
 
 from litpipe.spread import STATISTICS
 
@@ -91,33 +92,43 @@ def test_report_setting_reruns_only_the_report(pipeline, tmp_path):
 
 # A sweep as the README writes one: queued, then run by `dvc queue start`. Sweeping a param the search would
 # choose wants the search off; optim.lr is not in the default space, and the search off saves the trials.
+# A workspace each, its experiments run one after another: three seeds, then with a setting that cannot change
+# the numbers (DVC's run cache restores every stage but the report), then with a 10x learning rate.
+SEEDS = "replicates.seeds=[0,1,2]"
 EXPERIMENTS = {
-    "lr-high": ["optim.lr=0.01", "search.enabled=false"],
-    "three-seeds": ["replicates.seeds=[0,1,2]"],
+    "lr-high": {"lr-high": ["optim.lr=0.01", "search.enabled=false"]},
+    "three-seeds": {
+        "three-seeds": [SEEDS],
+        "three-seeds-titled": [SEEDS, "report.title=Another title"],
+        "three-seeds-lr10x": [SEEDS, "optim.lr=0.02"],
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def experiments(pipeline, tmp_path_factory) -> dict[str, tuple[Path, str]]:
-    """Each of EXPERIMENTS queued with `dvc exp run --queue -n NAME -S CHANGE...` in a copy of the finished
-    default pipeline (its results committed as the baseline) and run by `dvc queue start`, the two copies at
-    once (a core each): name -> (workspace, the experiment's output as `dvc queue logs` gives it)."""
+    """The experiments of each workspace of EXPERIMENTS queued with `dvc exp run --queue -n NAME -S CHANGE...`
+    in a copy of the finished default pipeline (its results committed as the baseline) and run in order by one
+    `dvc queue start` worker, the two copies at once (a core each): name -> (workspace, the experiment's output
+    as `dvc queue logs` gives it)."""
     repos = {}
-    for name, changes in EXPERIMENTS.items():
-        repo = repos[name] = copy_workspace(pipeline[0], tmp_path_factory.mktemp(name) / "repo")
+    for workspace, queued in EXPERIMENTS.items():
+        repo = repos[workspace] = copy_workspace(pipeline[0], tmp_path_factory.mktemp(workspace) / "repo")
         run(["git", "add", "-A"], repo)
         run(["git", "commit", "-q", "-m", "baseline results"], repo)
-        run(["dvc", "exp", "run", "--queue", "-n", name, *(arg for change in changes for arg in ("-S", change))], repo)
+        for name, changes in queued.items():
+            run(["dvc", "exp", "run", "--queue", "-n", name, *(a for change in changes for a in ("-S", change))], repo)
         run(["dvc", "queue", "start"], repo)  # a worker in the background
     finished = {}
-    deadline = time.monotonic() + 900
-    for name, repo in repos.items():
+    deadline = time.monotonic() + 1200
+    for workspace, repo in repos.items():
         while "Queued" in (status := run(["dvc", "queue", "status"], repo).stdout) or "Running" in status:
             assert time.monotonic() < deadline, status
             time.sleep(2)
-        log = run(["dvc", "queue", "logs", name], repo, check=False).stdout
-        assert "Success" in status, f"{name}: {status}\n{log[-3000:]}"
-        finished[name] = (repo, log)
+        for name in EXPERIMENTS[workspace]:
+            log = run(["dvc", "queue", "logs", name], repo, check=False).stdout
+            assert re.search(rf"\b{name}\b.*Success", status), f"{name}: {status}\n{log[-3000:]}"
+            finished[name] = (repo, log)
     return finished
 
 
@@ -172,13 +183,16 @@ def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, experiments
     """The default pipeline's one seed reports no interval; `dvc exp run -S 'replicates.seeds=[0,1,2]'` re-runs
     the fit and what follows, and `dvc exp show` and the report give the spread over the three seeds."""
     single = json.loads((pipeline[0] / "results/test/metrics.json").read_text())
-    assert single["seeds"] == 1 and not [key for key in single if key.endswith(("_mean", "_std", "_low", "_high"))]
+    over_seeds = [key for key in single if key.endswith(("_mean", "_std", "_low", "_high")) and "_split_" not in key]
+    assert single["seeds"] == 1 and not over_seeds
+    for name in ("accuracy", "loss"):  # the test split's own interval, beside the number it measured
+        assert single[f"{name}_split_ci95_low"] < single[name] < single[f"{name}_split_ci95_high"]
     one_seed = (pipeline[0] / "reports/report.html").read_text().split(">Seed replicates")[1].split("<h2")[0]
     assert "One seed (0)" in one_seed and "confidence interval to report" in one_seed and "<img" not in one_seed
 
     repo, log = experiments["three-seeds"]
     ran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")]
-    assert ran == STAGES[4:], log[-3000:]
+    assert ran == STAGES[3:], log[-3000:]  # the search too: its re-evaluation would use the seeds
     experiment, baseline = experiment_row(repo, "three-seeds")
     run(["dvc", "exp", "apply", "three-seeds"], repo)
     metrics = json.loads((repo / "results/test/metrics.json").read_text())
@@ -192,6 +206,9 @@ def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, experiments
         assert float(experiment[f"{name}_mean"]) == pytest.approx(metrics[f"{name}_mean"])
         assert baseline[f"{name}_mean"] == baseline[f"{name}_ci95_low"] == ""  # one seed: no interval
     assert 0.9 < float(experiment["accuracy_mean"]) <= 1
+    # Seeds that agree exactly are a spread the test split cannot resolve, said so, not a certain number.
+    agree = len({row["accuracy"] for row in per_seed}) == 1
+    assert ("accuracy" in metrics.get("notes", {})) == agree
 
     page = (repo / "reports/report.html").read_text()
     summary = page.split(">Summary")[1].split("<h2")[0]
@@ -210,6 +227,51 @@ def test_dvc_exp_run_with_three_seeds_reports_their_spread(pipeline, experiments
     header = next(line for line in lines if "Experiment" in line).split()
     assert header == ["Experiment", "accuracy", "accuracy_mean", "accuracy_std", "loss", "replicates.seeds"], header
     assert max(len(line) for line in lines) <= 120 and "…" not in readable.stdout
+
+
+def compared(repo: Path, a: str, b: str) -> dict[str, list[str]]:
+    """`litpipe compare A B`: its table's rows by metric (columns as printed), and the whole output."""
+    result = subprocess.run(
+        ["litpipe", "compare", a, b], cwd=repo, env=tool_env(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {
+        line.split()[0]: line for line in result.stdout.splitlines() if line.split()[:1] in (["accuracy"], ["loss"])
+    }
+    return {"output": result.stdout, **rows}
+
+
+def seed_table(repo: Path, name: str) -> dict[int, dict[str, float]]:
+    """An experiment's results/test/seeds.csv, read through DVC from its commit and the cache."""
+    import dvc.api
+
+    ref = run(["git", "for-each-ref", "--format=%(refname)", f"refs/exps/*/*/{name}"], repo).stdout.split()
+    text = dvc.api.read("results/test/seeds.csv", repo=str(repo), rev=ref[0])
+    return {int(row["seed"]): {k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))}
+
+
+def test_compare_finds_no_difference_where_none_can_be_and_measures_a_tenfold_learning_rate(experiments):
+    """Three seeds each: a changed report.title gives the same numbers on every seed, so no difference; a 10x
+    learning rate gives each seed other numbers, and compare reports B - A paired by seed with its interval and
+    p-value, as SciPy computes them from the two experiments' per-seed results."""
+    repo, _ = experiments["three-seeds"]
+    same = compared(repo, "three-seeds", "three-seeds-titled")
+    assert "A = three-seeds, B = three-seeds-titled: paired over 3 seeds (0, 1, 2)" in same["output"]
+    for name in ("accuracy", "loss"):
+        assert same[name].endswith("no difference: the same on every seed"), same["output"]
+
+    lr = compared(repo, "three-seeds", "three-seeds-lr10x")
+    a, b = seed_table(repo, "three-seeds"), seed_table(repo, "three-seeds-lr10x")
+    assert sorted(a) == sorted(b) == [0, 1, 2]
+    for name in ("accuracy", "loss"):
+        differences = [b[seed][name] - a[seed][name] for seed in sorted(a)]
+        reference = stats.ttest_rel([b[seed][name] for seed in sorted(a)], [a[seed][name] for seed in sorted(a)])
+        low, high = reference.confidence_interval(0.95)
+        expected = f"{sum(differences) / 3:+.4f} [{low:+.4f}, {high:+.4f}] {reference.pvalue:.3g}"
+        assert expected in lr[name], (expected, lr["output"])
+    assert lr["loss"].split()[3] != "+0.0000"  # a 10x learning rate moves the loss
+    assert "The Wilcoxon signed-rank test needs 6 seeds" in lr["output"]
+    assert "The test split's own 95% interval" in lr["output"]
 
 
 def test_fast_settings_pipeline_and_failing_sanity_stop(tmp_path):

@@ -22,7 +22,11 @@ from litpipe.search import space as search_space
 
 from .helpers import freeze_a_worker_mid_trial, missing, tool_env
 
-GRID_12 = {"model.kwargs.mlp.width": [8, 16, 32], "model.kwargs.mlp.dropout": [0.0, 0.1], "model.kwargs.mlp.depth": [1, 2]}
+GRID_12 = {
+    "model.kwargs.mlp.width": [8, 16, 32],
+    "model.kwargs.mlp.dropout": [0.0, 0.1],
+    "model.kwargs.mlp.depth": [1, 2],
+}
 
 
 def settings(**search: object) -> dict:
@@ -107,7 +111,10 @@ def test_without_the_network_in_the_space_only_its_own_arguments_apply():
     dims = search_space.parse({k: v for k, v in PER_NETWORK.items() if k != "model.arch"} | {"optim.lr": [0.1]})
     assert set(search_space.applying(dims, "cnn")) == {"model.kwargs.cnn.width", "optim.lr"}
     assert [sorted(p) for p in search_space.grid(dims, "cnn")] == [["model.kwargs.cnn.width", "optim.lr"]] * 2
-    assert set(search_space.applying(dims, "nets/small.py:SmallResNet")) == {"model.kwargs.SmallResNet.channels", "optim.lr"}
+    assert set(search_space.applying(dims, "nets/small.py:SmallResNet")) == {
+        "model.kwargs.SmallResNet.channels",
+        "optim.lr",
+    }
     assert search_space.applying(search_space.parse({"model.kwargs.mlp.width": [8]}), "resnet18") == {}
 
 
@@ -122,7 +129,10 @@ def test_without_the_network_in_the_space_only_its_own_arguments_apply():
             {"space": {"model.kwargs.mlp.width": {"lr_find": [1]}}},
             "search.space.model.kwargs.mlp.width: lr_find multiples apply to optim.lr only",
         ),
-        ({"space": {"model.kwargs.mlp.width": {"low": 8}}}, "search.space.model.kwargs.mlp.width: a range needs low and high"),
+        (
+            {"space": {"model.kwargs.mlp.width": {"low": 8}}},
+            "search.space.model.kwargs.mlp.width: a range needs low and high",
+        ),
         (
             {"space": {"model.kwargs.mlp.width": [8, 16], "model.kwargs.mlp.depth": "1"}},
             "search.space.model.kwargs.mlp.depth: expected a list of values",
@@ -154,7 +164,10 @@ def test_of_trials_that_tie_the_earliest_is_the_best(tmp_path, monkeypatch):
         attrs = {"params": {"model.kwargs.mlp.width": width}, "val_acc": 0.9, "best_epoch": 2}
         study.add_trial(
             optuna.trial.create_trial(
-                params={"model.kwargs.mlp.width": width}, distributions={"model.kwargs.mlp.width": widths}, value=loss, user_attrs=attrs
+                params={"model.kwargs.mlp.width": width},
+                distributions={"model.kwargs.mlp.width": widths},
+                value=loss,
+                user_attrs=attrs,
             )
         )
     best = outputs.write(study)
@@ -299,7 +312,10 @@ def studies() -> dict[str, list[optuna.trial.FrozenTrial]]:
 
 @pytest.mark.slow
 def test_raising_n_trials_continues_the_study_and_a_changed_setting_starts_another(workspace):
-    space = {"model.kwargs.mlp.width": {"low": 8, "high": 64, "step": 8}, "model.kwargs.mlp.dropout": {"low": 0.0, "high": 0.5}}
+    space = {
+        "model.kwargs.mlp.width": {"low": 8, "high": 64, "step": 8},
+        "model.kwargs.mlp.dropout": {"low": 0.0, "high": 0.5},
+    }
     workspace(settings(sampler="random", n_trials=2, max_epochs=1, space=space))
     litpipe("search")
     ((name, first),) = studies().items()
@@ -338,7 +354,9 @@ def test_random_and_tpe_sample_ranges_for_n_trials(workspace, sampler):
     rows = trials()
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
     for row in rows:
-        assert int(row["params_model.kwargs.mlp.width"]) % 8 == 0 and 8 <= int(row["params_model.kwargs.mlp.width"]) <= 64
+        assert (
+            int(row["params_model.kwargs.mlp.width"]) % 8 == 0 and 8 <= int(row["params_model.kwargs.mlp.width"]) <= 64
+        )
         assert 0 <= float(row["params_model.kwargs.mlp.dropout"]) <= 0.5
         assert 1e-6 <= float(row["params_optim.weight_decay"]) <= 1e-2
 
@@ -394,7 +412,11 @@ def test_a_search_with_nothing_to_vary_trains_nothing_whole_or_in_parts(workspac
         shutil.rmtree("results/search", ignore_errors=True)
         output = "".join(litpipe("search", *part).stdout for part in parts)
         assert output.count(f"{said}: fit will use the values in params.yaml") == 1
-        assert json.loads(Path("results/search/best.json").read_text()) == {"enabled": False, "reason": said, "params": {}}
+        assert json.loads(Path("results/search/best.json").read_text()) == {
+            "enabled": False,
+            "reason": said,
+            "params": {},
+        }
         assert trials() == [] and Path("results/search/study.journal").stat().st_size == 0
         assert not Path("tb/search").exists() or list(Path("tb/search").iterdir()) == [Path("tb/search/summary")]
 
@@ -478,3 +500,38 @@ def test_postgresql_heartbeats_retry_a_killed_workers_trial(workspace, postgres,
     assert len(completed) == 8 and len({tuple(sorted(t.params.items())) for t in completed}) == 8
     assert study.trials[victim].state == TrialState.FAIL
     assert same_point(study.trials[victim]) in [same_point(t) for t in completed]
+
+
+# --- re-evaluation of the best configurations over seeds ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_best_configurations_are_trained_again_with_each_seed_and_the_best_mean_is_chosen(workspace):
+    """search.reevaluate_top_k 2 and three seeds: the two best trials' configurations trained again with each
+    seed, replicates.n_workers at a time; best.json takes the one with the best mean validation loss over the
+    seeds, and keeps the best single trial's number. A re-run trains nothing again."""
+    workspace(
+        {**settings(space={"model.kwargs.mlp.width": [8, 16, 32]}, reevaluate_top_k=2), "replicates.seeds": [0, 1, 2]}
+    )
+    output = litpipe("search").stdout
+    completed = sorted((float(row["value"]), int(row["number"])) for row in trials() if row["state"] == "COMPLETE")
+    reruns = [json.loads(path.read_text()) for path in Path("results/search/jobs").glob("reevaluate*.json")]
+    assert sorted((r["candidate"], r["seed"]) for r in reruns) == [(c, s) for c in (0, 1) for s in (0, 1, 2)]
+    assert {r["trial"] for r in reruns if r["candidate"] == 0} == {completed[0][1]}
+    assert {r["trial"] for r in reruns if r["candidate"] == 1} == {completed[1][1]}
+    means = {trial: [r["value"] for r in reruns if r["trial"] == trial] for trial in {r["trial"] for r in reruns}}
+    means = {trial: sum(values) / len(values) for trial, values in means.items()}
+    best = json.load(open("results/search/best.json"))
+    assert best["trial"] == min(means, key=lambda trial: (means[trial], trial))
+    assert best["best_trial"] == completed[0][1] and best["chosen_by"] == "mean over seeds"
+    assert [r["trial"] for r in best["reevaluated"]] == sorted(means, key=lambda trial: (means[trial], trial))
+    for summary in best["reevaluated"]:  # the interval over three seeds, around their mean
+        assert summary["mean"] == pytest.approx(means[summary["trial"]])
+        assert summary["value_ci95_low"] <= summary["mean"] <= summary["value_ci95_high"]
+    assert "training the 2 best configurations again with seeds [0, 1, 2]: 6 runs, 2 at once" in output
+    for candidate in (0, 1):
+        for seed in (0, 1, 2):
+            assert Path(f"results/search/live/reevaluate_{candidate}_seed_{seed}/metrics.json").exists()
+            assert Path(f"tb/search/reevaluate_{candidate}_seed_{seed}").is_dir()
+    again = litpipe("search").stdout
+    assert again.count("done already") == 6 and json.load(open("results/search/best.json")) == best

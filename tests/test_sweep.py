@@ -83,6 +83,30 @@ def experiments(repo: Path) -> dict[str, dict]:
     return found
 
 
+def assert_plots_diff_draws_each_fits_own_curves(repo: Path, names: list[str], output: Path) -> None:
+    """`dvc plots diff` of the experiments (its page in `output`) draws each one's validation loss, an epoch a point,
+    from its fit's DVCLive files (cached outputs), ending at the value `dvc exp show` lists for it (their
+    metrics.json)."""
+    drawn = json.loads(run(["dvc", "plots", "diff", *names, "--json", "-o", str(output)], repo).stdout)["data"]
+    (plot,) = drawn["results/fit/live/plots/metrics/val/loss.tsv"]
+    assert set(plot["revisions"]) == set(names)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    metrics = {
+        experiment["name"]: experiment["revs"][0]["data"]["metrics"]
+        for commit in shown
+        for experiment in commit.get("experiments") or []
+    }
+    latest = {name: metrics[name]["results/fit/live/metrics.json"]["data"] for name in names}
+    curves = {}
+    for name in names:
+        curves[name] = [
+            (int(p["step"]), float(p["loss"])) for p in plot["content"]["data"]["values"] if p["rev"] == name
+        ]
+        assert [step for step, _ in curves[name]] == [0, 1, 2]  # QUICK's three epochs
+        assert curves[name][-1] == (latest[name]["step"], latest[name]["val"]["loss"])
+    assert len({tuple(curve) for curve in curves.values()}) == len(names)
+
+
 def skipped_prepare(log: str) -> bool:
     return "Stage 'prepare' didn't change, skipping" in log or "Stage 'prepare' is cached" in log
 
@@ -112,6 +136,7 @@ def test_a_local_sweep_records_a_row_per_point_and_a_failing_point_is_one_line(b
     assert len(ran) == 2, found.keys()
     assert {row["params"]["optim"]["lr"] for row in ran.values()} == {0.001, 0.03}
     assert len({row["metrics"]["loss"] for row in ran.values()}) == 2  # different runs, not one copied
+    assert_plots_diff_draws_each_fits_own_curves(repo, sorted(ran), tmp_path / "plots")
     for name in ran:
         log = (repo / f"logs/sweep-{name}.log").read_text()
         assert skipped_prepare(log), log[-2000:]

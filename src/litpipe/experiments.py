@@ -25,11 +25,15 @@ SHOW = [
     "show",
     "--only-changed",  # params and metrics that differ across the rows shown
     "--drop",
-    # Over seed replicates the score's mean and std are kept (accuracy, or RMSE); intervals, the other metrics'
-    # spread, the baselines and the seed count (replicates.seeds shows the seeds) are in `dvc exp show` and the
-    # report. State and Executor: the queue's bookkeeping (which worker ran an experiment), not a result.
+    # Over seed replicates the score's mean and std are kept (accuracy, or RMSE); intervals (over seeds and the
+    # test split's own), the other metrics' spread, the baselines, the notes on seeds that agree exactly and the
+    # seed count (replicates.seeds shows the seeds) are in `dvc exp show`, the report and `litpipe compare`.
+    # State and Executor: the queue's bookkeeping (which worker ran an experiment), not a result.
     rf"^(Created|State|Executor)$|^({OUTPUT_DIRS})/|^(best_epoch|best_val_\w+|epochs|samples|seeds)$"
-    r"|^\w+_ci95_(low|high)$|^(loss|mae|r2)_(mean|std)$|^baselines\.",
+    r"|^\w+_ci95_(low|high)$|^(loss|mae|r2)_(mean|std)$|^baselines\.|^notes\."
+    # The fit's latest epoch (DVCLive's results/fit/live/metrics.json: train.loss, val.acc, ..., step); not the
+    # train.* params.
+    r"|^(train|val)\.(loss|acc|rmse)$|^step$",
     "--keep",
     # Experiment names (--only-changed drops the column where no row has one), and results/test/metrics.json,
     # shown even where every experiment has the same.

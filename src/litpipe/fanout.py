@@ -1,7 +1,8 @@
 """Stages that run in parts, declared once, and the launcher that runs parts as local processes.
 
 Two stages run in parts:
-- search: `setup` creates or resumes the study, N `worker`s take its trials, `collect` writes the results;
+- search: `setup` creates or resumes the study, N `worker`s take its trials, with search.reevaluate_top_k a
+  `reevaluate` part per candidate and seed trains the best configurations again, `collect` writes the results;
 - fit: one part per seed of replicates.seeds, the first seed's writing the stage's own outputs.
 A part is a command line (`litpipe <stage> <args>`), a task name (its log is logs/<task>.log; with _ for -,
 it is its Snakemake rule), the marker file a cluster job of it leaves where its outputs do not show it ran,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEARCH_JOBS = paths.SEARCH / "jobs"  # the markers of the search's cluster jobs
-SEARCH_PARTS = ("setup", "worker", "collect")
+SEARCH_PARTS = ("setup", "worker", "reevaluate", "collect")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,23 @@ def search_worker(index: int) -> Part:
     )
 
 
+def search_reevaluation(candidate: int, seed: int) -> Part:
+    """The candidate-th best configuration of the search trained again with `seed`; its marker is its result."""
+    task = f"search-reevaluate{candidate}-seed{seed}"
+    options = (("part", "reevaluate"), ("candidate", candidate), ("seed", seed))
+    title = f"the re-evaluation of candidate {candidate} with seed {seed}"
+    return Part("search", task, options, title, SEARCH_JOBS / f"reevaluate{candidate}-seed{seed}.json")
+
+
+def search_reevaluations(params: "Params") -> list[Part]:
+    """Every seed of replicates.seeds for each of the search.reevaluate_top_k best configurations."""
+    return [
+        search_reevaluation(candidate, seed)
+        for candidate in range(params.search.reevaluate_top_k)
+        for seed in params.replicates.seeds
+    ]
+
+
 def search_collect() -> Part:
     return Part("search", "search", (("part", "collect"),), "the search's collect")
 
@@ -119,6 +137,10 @@ def add_arguments(stage: str, parser: argparse.ArgumentParser) -> None:
             help="run one part only, as cluster jobs do (default: all, with search.n_workers local workers)",
         )
         parser.add_argument("--worker", type=int, default=0, metavar="N", help="worker index (with --part worker)")
+        parser.add_argument(
+            "--candidate", type=int, default=0, metavar="I", help="the I-th best configuration (with --part reevaluate)"
+        )
+        parser.add_argument("--seed", type=int, default=0, metavar="S", help="its seed (with --part reevaluate)")
     if stage == "fit":
         parser.add_argument(
             "--seed",
@@ -136,9 +158,11 @@ def chosen(stage: str, args: argparse.Namespace, params: "Params") -> Part:
         return search_setup()
     if part == "worker":
         return search_worker(args.worker)
+    if part == "reevaluate":
+        return search_reevaluation(args.candidate, seed)
     if part == "collect":
         return search_collect()
-    if seed is not None:
+    if stage == "fit" and seed is not None:
         return fit_seed(seed, params.replicates.seeds)
     return whole(stage)
 

@@ -63,6 +63,8 @@ PROFILE_TABLE = PROFILE_DIR / "fit-profile.txt"
 LR_FIND_RESULT = LR_FIND / "lr_find.json"
 LR_FIND_PLOT = LR_FIND / "lr_find.png"
 STUDY_JOURNAL = SEARCH / "study.journal"
+# Each trial's DVCLive curves (observe/dvclive.py), a directory per trial (trial_live); kept between runs, as tb/search.
+SEARCH_LIVE = SEARCH / "live"
 SEARCH_TRIALS = SEARCH / "trials.csv"
 SEARCH_BEST = SEARCH / "best.json"
 SEARCH_PLOTS = {name: SEARCH / f"{name}.png" for name in ("history", "importances", "parallel_coordinates", "slice")}
@@ -118,6 +120,7 @@ class FitRun:
     def outputs(self) -> tuple[Path, ...]:  # what it makes, as orchestrators declare it
         return self.checkpoint, self.results, self.tensorboard
 
+    live = property(lambda self: self.results / "live")  # its DVCLive curves (observe/dvclive.py)
     history = property(lambda self: self.results / "history.csv")
     activations = property(lambda self: self.results / "activations.csv")
     curves = property(lambda self: self.results / "curves.png")
@@ -139,6 +142,16 @@ def fit_run(seed: int, seeds: Sequence[int]) -> FitRun:
         tensorboard / tag,
         MODELS / f"resume-{tag}.ckpt",
     )
+
+
+def trial_live(number: int) -> Path:
+    """Search trial `number`'s DVCLive curves."""
+    return SEARCH_LIVE / f"trial_{number:04d}"
+
+
+def reevaluation_live(candidate: int, seed: int) -> Path:
+    """The DVCLive curves of the search's candidate-th best configuration trained again with `seed`."""
+    return SEARCH_LIVE / f"reevaluate_{candidate}_seed_{seed}"
 
 
 def tb_dir(stage: str) -> Path:

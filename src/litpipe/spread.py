@@ -1,7 +1,9 @@
-"""The spread of a test metric over seed replicates: mean, standard deviation, 95% confidence interval."""
+"""The spread of a test metric over seed replicates: mean, standard deviation, 95% confidence interval; and the
+paired difference of two configurations trained with the same seeds."""
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from scipy import stats
 
@@ -21,3 +23,46 @@ def spread(values: Sequence[float]) -> dict[str, float] | None:
     std = math.sqrt(math.fsum((value - mean) ** 2 for value in values) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     return dict(zip(STATISTICS, (mean, std, mean - half, mean + half), strict=True))
+
+
+WILCOXON_SEEDS = 6  # below this, no paired difference can reach p < 0.05 in the signed-rank test (2 / 2**5)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """B - A over paired seeds: its mean, the 95% confidence interval of that mean (Student's t), a paired
+    t-test's p-value and, from WILCOXON_SEEDS seeds on, the Wilcoxon signed-rank test's. None where the seeds
+    are too few to give it."""
+
+    seeds: int
+    mean: float
+    ci95_low: float | None
+    ci95_high: float | None
+    t_test_p: float | None
+    wilcoxon_p: float | None
+
+    @property
+    def identical(self) -> bool:
+        """Every seed gave A and B the same number."""
+        return self.ci95_low == self.ci95_high == self.mean == 0.0
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
+    """B - A, seed by seed (a[i] and b[i] come from the same seed): a seed's own luck (its initial weights, its
+    batch order) is shared by both, so the seed-to-seed spread cancels and a smaller difference shows."""
+    differences = [y - x for x, y in zip(a, b, strict=True)]
+    n = len(differences)
+    mean = math.fsum(differences) / n
+    if n < 2:
+        return Difference(n, mean, None, None, None, None)
+    nonzero = any(d != 0 for d in differences)
+    wilcoxon_p = None
+    if n >= WILCOXON_SEEDS:
+        wilcoxon_p = float(stats.wilcoxon(differences).pvalue) if nonzero else 1.0
+    if all(d == differences[0] for d in differences):  # the same difference on every seed: no spread to test
+        return Difference(n, mean, mean, mean, 0.0 if nonzero else 1.0, wilcoxon_p)
+    std = math.sqrt(math.fsum((d - mean) ** 2 for d in differences) / (n - 1))
+    error = std / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * error
+    t_test_p = float(2 * stats.t.sf(abs(mean) / error, n - 1))
+    return Difference(n, mean, mean - half, mean + half, t_test_p, wilcoxon_p)

@@ -6,7 +6,8 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -26,6 +27,9 @@ from litpipe.observe import wandb
 from litpipe.observe.monitors import Monitors, monitors
 from litpipe.observe.tensorboard import end_session, hp_metrics, open_run, start_session
 from litpipe.preemption import Preemption
+
+if TYPE_CHECKING:
+    from litpipe.observe.dvclive import EpochCurves
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +131,18 @@ class History(Callback):
     The row goes to the loggers at the optimizer step count, the step axis of the monitors (Lightning
     would log at its batch count, and a batch may hold several steps). The learning rate is tagged
     `lr-<Optimizer>`, as Lightning's LearningRateMonitor does (whose hooks would run on every step for
-    a once-per-epoch number)."""
+    a once-per-epoch number). `curves` (DVCLive's, observe/dvclive.py) get the rows themselves: an epoch's
+    once it is complete, at the start of training those a resumed fit restored, and on an exception what
+    the stopped epoch has (a pruned trial's validation)."""
 
-    def __init__(self, label: str = "") -> None:
+    def __init__(self, label: str = "", curves: Sequence["EpochCurves"] = ()) -> None:
         self.label = label
+        self.curves = curves
         self.rows: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for curves in self.curves:  # after the checkpoint's callback states were restored
+            curves.write(self.rows)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -152,6 +163,12 @@ class History(Callback):
             metrics[f"lr-{type(trainer.optimizers[0]).__name__}"] = row["lr"]
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+            for curves in self.curves:
+                curves.write(self.rows)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        for curves in self.curves:  # a pruned trial's last validation, the one the pruner judged, too
+            curves.write(self.rows)
 
     def best(self, monitor: str = MONITOR) -> dict[str, float]:
         return min(self.rows, key=lambda row: row[monitor])
@@ -264,6 +281,7 @@ class TrainingRun:
 def assemble(
     params: Params,
     run: str,
+    live: Path,
     probe: torch.Tensor,
     max_epochs: int,
     callbacks: Sequence[Callback] = (),
@@ -272,12 +290,14 @@ def assemble(
     **trainer_options: Any,
 ) -> TrainingRun:
     """The Trainer that the fit and every search trial train with: TensorBoard run tb/<run> (an HPARAMS
-    session) and W&B when on, epoch history, early stopping on MONITOR, the monitors of params.observe,
-    then the stage's own `callbacks` in their order."""
-    tensorboard, extra = open_run(run), wandb.wandb_loggers(params, run)
+    session), DVCLive's epoch curves in `live` and W&B when on, epoch history, early stopping on MONITOR,
+    the monitors of params.observe, then the stage's own `callbacks` in their order."""
+    from litpipe.observe.dvclive import EpochCurves  # dvclive imports DVC: 0.25 s, for the stages that train only
+
+    tensorboard, extra, curves = open_run(run), wandb.wandb_loggers(params, run), EpochCurves(live)
     score = tasks.of(load_meta()).score
     start_session(tensorboard, params, max_epochs, score)
-    history = History(label)
+    history = History(label, curves=[curves])
     early_stopping = EarlyStopping(MONITOR, patience=params.train.early_stopping_patience)
     observers = monitors(params, probe)
     freezing = [weights.FreezeBackbone(params.train.freeze_epochs)] if params.train.freeze_epochs else []
@@ -286,7 +306,7 @@ def assemble(
         distributed=distributed,
         max_epochs=max_epochs,
         callbacks=[*freezing, history, early_stopping, *observers, *callbacks],
-        logger=[tensorboard, *extra],
+        logger=[tensorboard, *extra, curves],
         **trainer_options,
     )
     return TrainingRun(trainer, tensorboard, extra, history, early_stopping, observers, score)
@@ -316,6 +336,7 @@ def fit_trainer(
     return assemble(
         params,
         run.run_name,
+        run.live,
         probe,
         params.train.max_epochs,
         # Preemption last: its checkpoint must come after every other callback's epoch-end work.

@@ -1,6 +1,7 @@
 # The search stage of dvc.yaml in its parts (src/litpipe/fanout.py names them, their commands and logs): setup
 # creates or resumes the study, one job per worker of search.n_workers takes its trials through the journal
-# file (or database) on the shared filesystem, and collect writes the stage's outputs. Its persistent outputs
+# file (or database) on the shared filesystem, a job per best configuration and seed trains it again
+# (search.reevaluate_top_k), and collect writes the stage's outputs. Its persistent outputs
 # (the journal, tb/search) are not declared: Snakemake would delete them before a re-run, and they are what a
 # re-run resumes from (dvc.yaml keeps them with `persist: true`).
 SEARCH = STAGES["search"]
@@ -50,9 +51,35 @@ for worker in fanout.search_workers(PARAMS):
             "{params.command}"
 
 
+# With search.reevaluate_top_k, each of the best configurations once per seed of replicates.seeds, a job each, once
+# every worker is done (the candidates are the study's best trials then); its marker holds its result.
+for part in fanout.search_reevaluations(PARAMS):
+
+    rule:
+        name:
+            part.rule
+        input:
+            [worker.marker for worker in fanout.search_workers(PARAMS)],
+        output:
+            part.marker,
+        log:
+            part.log,
+        benchmark:
+            paths.benchmark_file(part.rule)
+        params:
+            command=part.command,
+        threads: cores("search_worker")
+        resources:
+            **resources("search_worker"),
+        conda:
+            ENVIRONMENT
+        shell:
+            "{params.command}"
+
+
 rule search:
     input:
-        [worker.marker for worker in fanout.search_workers(PARAMS)],
+        [part.marker for part in fanout.search_workers(PARAMS) + fanout.search_reevaluations(PARAMS)],
     output:
         outputs(SEARCH.results),
     log:

@@ -103,8 +103,12 @@ class LitModel(pl.LightningModule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """What the task's outputs mean (class probabilities, or the target in its units), in eval mode, without
         gradients."""
+        return self.task.predict(self.outputs(x))
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's outputs (logits, or the standardised target), in eval mode, without gradients."""
         with torch.no_grad():
-            return self.task.predict(self.eval()(x))
+            return self.eval()(x)
 
     def forward_with_activations(
         self, x: torch.Tensor, layers: Sequence[str] = (), pooled: bool = False, chunk: int | None = None

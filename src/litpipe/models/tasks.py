@@ -31,6 +31,10 @@ class Classification:
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, y)
 
+    def losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each sample's loss (their mean is `loss`): the test split's own interval resamples them."""
+        return F.cross_entropy(out, y, reduction="none")
+
     def sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         return torch.stack((loss.detach() * len(y), (out.argmax(dim=1) == y).sum().to(loss.dtype)))
 
@@ -59,8 +63,11 @@ class Regression:
         return ((y - self.mean) / self.std).float()
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.losses(out, y, reduction="mean")
+
+    def losses(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         criterion = F.huber_loss if self.huber else F.mse_loss
-        return criterion(out[:, 0], self.standardise(y))
+        return criterion(out[:, 0], self.standardise(y), reduction=reduction)
 
     def sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """Loss, squared and absolute errors, and the target's sum and sum of squares (for R²): standardised units,

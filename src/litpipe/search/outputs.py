@@ -58,13 +58,20 @@ def write_disabled(journal: Path, reason: str) -> None:
     journal.touch()  # an empty journal is an empty study; an earlier one is kept for when search returns
     shutil.rmtree(paths.tb_dir("search"), ignore_errors=True)  # TensorBoard shows this run: no trials
     add_text(open_run("search/summary"), "search/summary", message)
+    shutil.rmtree(paths.SEARCH_LIVE, ignore_errors=True)  # nor DVC: an empty directory, the declared output
+    paths.SEARCH_LIVE.mkdir(parents=True)
 
 
-def write(study: optuna.Study) -> dict[str, Any]:
+def write(study: optuna.Study, reevaluated: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """trials.csv, best.json and the plots. best.json's params are the best trial's, or with `reevaluated`
+    (reevaluate.ranked: the best configurations over seeds, the best mean first) the best mean's."""
+    keep_only_live_curves_of(study, reevaluated)
     table = whole_numbers_kept(study, study.trials_dataframe())
     with atomic_path(paths.SEARCH_TRIALS) as tmp:
         table.to_csv(tmp, index=False)
     trial = study.best_trial
+    if reevaluated:
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == reevaluated[0]["trial"])
     best = {
         "enabled": True,
         "study": study.study_name,
@@ -76,12 +83,28 @@ def write(study: optuna.Study) -> dict[str, Any]:
         **{key: value for key, value in trial.user_attrs.items() if key.startswith("val_")},
         "best_epoch": trial.user_attrs["best_epoch"],
         "states": {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState},
+        # What picked it: the one trial's validation loss, or the mean over seeds of the best few (and which
+        # trial one seed alone put first).
+        "chosen_by": "mean over seeds" if reevaluated else "best trial",
+        "best_trial": study.best_trial.number,
+        "reevaluated": list(reevaluated),
     }
     write_json(paths.SEARCH_BEST, best)
     write_plots(study)
     summary = table.drop(columns=[c for c in table.columns if c.startswith(("datetime", "system_attrs"))])
     add_code(open_run("search/summary"), "search/summary", f"best: {best}\n\n{summary.to_string(index=False)}")
     return best
+
+
+def keep_only_live_curves_of(study: optuna.Study, reevaluated: list[dict[str, Any]]) -> None:
+    """The DVCLive curves (paths.SEARCH_LIVE, kept between runs) of this study's trials and re-evaluations only: a
+    new study numbers its trials from 0 again, and an earlier study's later trials would stay."""
+    kept = {paths.trial_live(trial.number) for trial in study.get_trials(deepcopy=False)}
+    kept |= {paths.reevaluation_live(r["candidate"], seed) for r in reevaluated for seed in r["seeds"]}
+    paths.SEARCH_LIVE.mkdir(parents=True, exist_ok=True)
+    for entry in paths.SEARCH_LIVE.iterdir():
+        if entry not in kept:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def write_plots(study: optuna.Study) -> None:

@@ -1,9 +1,10 @@
 """search: Optuna over search.space with search.n_workers processes sharing one study.
 
-Three parts (fanout.py), so a cluster can run them as separate jobs (`litpipe search --part ...`):
-    setup    create or resume the study, recover trials of stopped workers, enqueue the grid
-    worker   take trials until the study needs no more (run N of these, anywhere)
-    collect  write trials.csv, best.json and the plots
+Parts (fanout.py), so a cluster can run them as separate jobs (`litpipe search --part ...`):
+    setup       create or resume the study, recover trials of stopped workers, enqueue the grid
+    worker      take trials until the study needs no more (run N of these, anywhere)
+    reevaluate  with search.reevaluate_top_k, one of the best configurations with one seed of replicates.seeds
+    collect     write trials.csv, best.json (the best trial, or the best mean over seeds) and the plots
 `litpipe search` runs all three, the workers as local processes (each on its share of the cores, GPUs
 round-robin). Each trial is a TensorBoard run, tb/search/trial_NNNN, and a session in the HPARAMS tab.
 """
@@ -22,7 +23,9 @@ from optuna.trial import TrialState
 from litpipe import fanout, paths
 from litpipe.config import Params
 from litpipe.errors import StageError
-from litpipe.search import outputs
+from litpipe.data.prepared import load_meta
+from litpipe.models import tasks
+from litpipe.search import outputs, reevaluate
 from litpipe.search import space as search_space
 from litpipe.search import study as shared
 from litpipe.search.trial import TrialRunner
@@ -31,7 +34,7 @@ from litpipe.models.zoo import check_params as check  # cli.py runs it before an
 log = logging.getLogger(__name__)
 
 
-def run(params: Params, part: str | None = None, worker: int = 0) -> None:
+def run(params: Params, part: str | None = None, worker: int = 0, candidate: int = 0, seed: int = 0) -> None:
     """The whole search, or the one part of it that a cluster job runs."""
     skipped = nothing_to_search(params)
     if skipped:  # each part of it too: a cluster runs them as jobs
@@ -44,6 +47,8 @@ def run(params: Params, part: str | None = None, worker: int = 0) -> None:
         return setup(params)
     if part == "worker":
         return work(params, worker)
+    if part == "reevaluate":
+        return reevaluate_one(params, candidate, seed)
     if part == "collect":
         return collect(params)
     setup(params)
@@ -51,6 +56,7 @@ def run(params: Params, part: str | None = None, worker: int = 0) -> None:
         work(params, 0)
     else:
         run_workers(params)
+    run_reevaluations(params)
     collect(params)
 
 
@@ -129,6 +135,37 @@ def run_workers(params: Params) -> None:
     log.warning("%s; the other workers retried its trials and finished the study", described)
 
 
+def reevaluate_one(params: Params, candidate: int, seed: int) -> None:
+    _route_optuna_logs()
+    if candidate >= params.search.reevaluate_top_k or seed not in params.replicates.seeds:
+        raise StageError(
+            f"--candidate {candidate} --seed {seed}: not a part of this search (search.reevaluate_top_k "
+            f"{params.search.reevaluate_top_k}, replicates.seeds {params.replicates.seeds})"
+        )
+    reevaluate.reevaluate(params, shared.open_study(params), candidate, seed, TrialRunner(params).train)
+
+
+def run_reevaluations(params: Params) -> None:
+    """The reevaluation parts as local processes, replicates.n_workers at a time (as the replicate fits run)."""
+    parts = fanout.search_reevaluations(params)
+    if not parts:
+        return
+    slots = min(params.replicates.n_workers, len(parts))
+    log.info(
+        "training the %d best configurations again with seeds %s: %d runs, %d at once",
+        params.search.reevaluate_top_k,
+        params.replicates.seeds,
+        len(parts),
+        slots,
+    )
+    with fanout.Launcher(parts, slots, mps=params.search.cuda_mps) as launcher:
+        pass
+    if launcher.signal:
+        raise StageError(f"search stopped by {launcher.signal}; finished runs are kept, run it again")
+    if launcher.failed:
+        raise StageError(f"{'; '.join(launcher.failed)}; finished runs are kept, run the stage again")
+
+
 def collect(params: Params) -> None:
     _route_optuna_logs()
     study = shared.open_study(params)
@@ -137,14 +174,28 @@ def collect(params: Params) -> None:
         raise StageError(f"{len(waiting)} trials are not finished; run the workers (or the stage) again")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise StageError(f"no trial of study {study.study_name} completed; see logs/search*.log")
-    best = outputs.write(study)
+    ranked = []
+    if params.search.reevaluate_top_k:
+        ranked = reevaluate.ranked(reevaluate.results(params, study), tasks.of(load_meta()).score)
+    best = outputs.write(study, ranked)
     log.info(
         "best trial %d: val/loss=%.4f with %s; trials by state: %s",
-        best["trial"],
-        best["value"],
-        best["params"],
+        best["best_trial"],
+        study.best_value,
+        study.best_trial.user_attrs["params"],
         best["states"],
     )
+    for summary in ranked:
+        log.info(
+            "trial %d over seeds %s: val/loss mean %.4f%s%s",
+            summary["trial"],
+            summary["seeds"],
+            summary["mean"],
+            f", 95% CI [{summary['value_ci95_low']:.4f}, {summary['value_ci95_high']:.4f}]"
+            if "value_ci95_low" in summary
+            else "",
+            " (chosen)" if summary is ranked[0] else "",
+        )
 
 
 def _route_optuna_logs() -> None:
