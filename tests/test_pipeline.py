@@ -274,6 +274,24 @@ def test_compare_finds_no_difference_where_none_can_be_and_measures_a_tenfold_le
     assert "The test split's own 95% interval" in lr["output"]
 
 
+def test_the_report_compares_the_run_with_its_baseline_commit_when_both_have_seeds(experiments, tmp_path):
+    """Three seeds committed as the baseline, then the 10x learning rate in the workspace: the report's
+    experiments section holds `litpipe compare HEAD workspace`'s table."""
+    repo = copy_workspace(experiments["three-seeds"][0], tmp_path / "repo")
+    run(["dvc", "exp", "apply", "three-seeds"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "three seeds"], repo)
+    run(["dvc", "exp", "apply", "three-seeds-lr10x"], repo)
+    run(["litpipe", "report"], repo)
+    section = (repo / "reports/report.html").read_text().split(">Experiments")[1]
+    assert "This run (B) against its baseline, the commit it started from (A), paired over their 3 common" in section
+    table = compared(repo, "HEAD", "workspace")
+    for name in ("accuracy", "loss"):
+        difference, interval = table[name].split()[3], " ".join(table[name].split()[4:6])
+        assert f"<td>{name}</td>" in section and f"<td>{difference}</td>" in section
+        assert f"<td>{interval}</td>" in section
+
+
 def test_fast_settings_pipeline_and_failing_sanity_stop(tmp_path):
     """A failing sanity check stops `dvc repro` before the search with a one-line reason."""
     require_tool("dvc")

@@ -152,6 +152,42 @@ def test_bad_search_settings_are_config_errors(tmp_path, default_params, search,
         load_params(path)
 
 
+def test_the_best_mean_over_seeds_is_chosen_over_the_best_single_trial(tmp_path, monkeypatch):
+    """Trial 0 has the lower validation loss, but seeds 1 and 2 put its configuration behind trial 1's: best.json
+    (what the fit trains) takes trial 1, keeps trial 0 as the best single trial, and ranks both with their means."""
+    import pandas as pd
+
+    from litpipe.search import outputs, reevaluate
+
+    monkeypatch.chdir(tmp_path)
+    widths = optuna.distributions.CategoricalDistribution([8, 16])
+    study = optuna.create_study(direction="minimize")
+    for width, loss in ((8, 0.10), (16, 0.12)):
+        attrs = {"params": {"model.kwargs.mlp.width": width}, "val_acc": 0.9, "best_epoch": 2}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.kwargs.mlp.width": width}, distributions={"model.kwargs.mlp.width": widths},
+                value=loss, user_attrs=attrs,
+            )
+        )  # fmt: skip
+    values = {0: [0.10, 0.20, 0.22], 1: [0.12, 0.13, 0.14]}  # seeds 0, 1, 2 of each candidate (= trial here)
+    table = pd.DataFrame(
+        [
+            {"candidate": trial, "trial": trial, "seed": seed, "value": value, "val_acc": 0.9,
+             "params": {"model.kwargs.mlp.width": (8, 16)[trial]}}
+            for trial, losses in values.items() for seed, value in enumerate(losses)
+        ]
+    )  # fmt: skip
+    best = outputs.write(study, reevaluate.ranked(table, "acc"))
+    assert best["params"] == {"model.kwargs.mlp.width": 16} and best["trial"] == 1 and best["best_trial"] == 0
+    assert [r["trial"] for r in best["reevaluated"]] == [1, 0]
+    assert [r["mean"] for r in best["reevaluated"]] == pytest.approx([0.13, 0.52 / 3])
+    assert json.loads(Path("results/search/best.json").read_text())["trial"] == 1
+    # A seed whose fit diverged (NaN) ranks its configuration last, whatever its other seeds gave.
+    table.loc[table["trial"] == 0, "value"] = [0.01, 0.01, float("nan")]
+    assert [r["trial"] for r in reevaluate.ranked(table, "acc")] == [1, 0]
+
+
 def test_of_trials_that_tie_the_earliest_is_the_best(tmp_path, monkeypatch):
     """Two trials with the same validation loss (the best): best.json, which the fit trains with, names the
     one that ran first, so a re-run of the search's outputs picks the same params."""
@@ -407,8 +443,12 @@ def test_a_search_with_nothing_to_vary_trains_nothing_whole_or_in_parts(workspac
     """The space is the mlp's and the network the cnn (`dvc exp run -S model.arch=cnn`), or the search is off:
     every trial would train the same network. The stage, and each of the parts a cluster runs as jobs, trains
     nothing and writes outputs that say why; the fit then uses params.yaml."""
-    workspace({**settings(space={"model.kwargs.mlp.width": [8, 16]}), **changes})
-    for parts in ([[]], [["--part", "setup"], ["--part", "worker", "--worker", "0"], ["--part", "collect"]]):
+    workspace({**settings(space={"model.kwargs.mlp.width": [8, 16]}, reevaluate_top_k=1), **changes})
+    reevaluation = ["--part", "reevaluate", "--candidate", "0", "--seed", "0"]  # its marker is a cluster job's output
+    for parts in (
+        [[]],
+        [["--part", "setup"], ["--part", "worker", "--worker", "0"], reevaluation, ["--part", "collect"]],
+    ):
         shutil.rmtree("results/search", ignore_errors=True)
         output = "".join(litpipe("search", *part).stdout for part in parts)
         assert output.count(f"{said}: fit will use the values in params.yaml") == 1
@@ -418,6 +458,10 @@ def test_a_search_with_nothing_to_vary_trains_nothing_whole_or_in_parts(workspac
             "params": {},
         }
         assert trials() == [] and Path("results/search/study.journal").stat().st_size == 0
+        marker = Path("results/search/jobs/reevaluate0-seed0.json")
+        assert marker.exists() == (len(parts) > 1) and (
+            not marker.exists() or "skipped" in json.loads(marker.read_text())
+        )
         assert not Path("tb/search").exists() or list(Path("tb/search").iterdir()) == [Path("tb/search/summary")]
 
 
@@ -529,8 +573,11 @@ def test_the_best_configurations_are_trained_again_with_each_seed_and_the_best_m
         assert summary["mean"] == pytest.approx(means[summary["trial"]])
         assert summary["value_ci95_low"] <= summary["mean"] <= summary["value_ci95_high"]
     assert "training the 2 best configurations again with seeds [0, 1, 2]: 6 runs, 2 at once" in output
-    for candidate in (0, 1):
-        for seed in (0, 1, 2):
+    for candidate in (0, 1):  # seed 0, the search's own, is the trial itself: the others trained again
+        assert [r["value"] for r in reruns if r["candidate"] == candidate and r.get("reused")] == [
+            completed[candidate][0]
+        ]
+        for seed in (1, 2):
             assert Path(f"results/search/live/reevaluate_{candidate}_seed_{seed}/metrics.json").exists()
             assert Path(f"tb/search/reevaluate_{candidate}_seed_{seed}").is_dir()
     again = litpipe("search").stdout

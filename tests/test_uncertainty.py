@@ -12,6 +12,7 @@ from scipy import stats
 
 from litpipe import sampling
 from litpipe.compare import Run, compare, described, verdict
+from litpipe.errors import StageError
 from litpipe.models import tasks
 from litpipe.spread import WILCOXON_SEEDS, paired_difference
 
@@ -45,6 +46,11 @@ def test_the_wilcoxon_test_gives_its_exact_values():
 
 
 def test_seeds_that_agree_exactly_are_no_difference_and_one_seed_is_too_few():
+    """Also the same difference on every seed (one test image more, say): no spread to test, so no interval and
+    no p-value rather than a zero-width interval and p = 0 shown as certainty."""
+    steps = paired_difference([0.5, 0.25, 0.75], [0.625, 0.375, 0.875])  # exact in binary: the same 0.125
+    assert steps.constant and steps.ci95_low is None and steps.t_test_p is None and steps.mean == 0.125
+    assert verdict("accuracy", steps) == "the same difference on every seed: no spread to test"
     same = paired_difference([0.98, 0.97, 0.99], [0.98, 0.97, 0.99])
     assert (
         same.identical and same.t_test_p == 1.0 and verdict("accuracy", same) == "no difference: the same on every seed"
@@ -81,6 +87,11 @@ def test_compare_pairs_by_seed_and_names_the_seeds_left_out():
     text = "\n".join(described(comparison))
     assert "paired over 3 seeds (0, 1, 2)" in text and "seeds 5, 7 are in one run only" in text
     assert "accuracy 0.9500 [0.9000, 0.9900]" in text  # A's test split interval, beside the comparison
+
+
+def test_runs_without_a_seed_in_common_are_one_line_not_a_comparison():
+    with pytest.raises(StageError, match=r"^a \(seeds 0\) and b \(seeds 1, 2\) share no seed to pair$"):
+        compare(run_of("a", {0: 0.9}), run_of("b", {1: 0.9, 2: 0.8}))
 
 
 def test_wilson_intervals_match_newcombes_published_values():

@@ -93,13 +93,17 @@ def read(path, revision: str | None, name: str) -> str:
             return path.read_text()
         return dvc.api.read(str(path), rev=revision)
     except (OSError, DvcException):
-        raise StageError(f"{name} has no {path}: run its pipeline's test stage (dvc repro test) first") from None
+        raise StageError(
+            f"{name} has no {path} here: run its pipeline's test stage (dvc repro test), or fetch its outputs "
+            "(dvc pull, dvc exp pull)"
+        ) from None
 
 
 def git(*args: str) -> str:
     done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise StageError(f"git {args[0]}: {done.stderr.strip() or f'exit {done.returncode}'}")
+        said = done.stderr.strip().splitlines()
+        raise StageError(f"git {args[0]}: {said[0] if said else f'exit {done.returncode}'}")
     return done.stdout
 
 
@@ -109,6 +113,9 @@ def compare(a: Run, b: Run) -> Comparison:
     if not names:
         raise StageError(f"{a.name} and {b.name} share no test metric: one classifies, the other regresses")
     paired = a.seeds.merge(b.seeds, on="seed", suffixes=("_a", "_b"))
+    if paired.empty:
+        listed = [", ".join(map(str, side.seeds["seed"])) for side in (a, b)]
+        raise StageError(f"{a.name} (seeds {listed[0]}) and {b.name} (seeds {listed[1]}) share no seed to pair")
     differences = {
         name: paired_difference(paired[f"{name}_a"].tolist(), paired[f"{name}_b"].tolist()) for name in names
     }
@@ -142,6 +149,8 @@ def verdict(name: str, difference: Difference) -> str:
         return "too few seeds to tell"
     if difference.identical:
         return "no difference: the same on every seed"
+    if difference.constant:
+        return "the same difference on every seed: no spread to test"
     if difference.ci95_low <= 0 <= difference.ci95_high:
         return "no difference shown (the interval holds 0)"
     higher = difference.mean > 0
@@ -170,7 +179,19 @@ def described(comparison: Comparison) -> list[str]:
     for label, side in (("A", a), ("B", b)):
         lines.append(f"  {label}: {split_intervals(side.metrics, list(comparison.differences))}")
         lines += [f"  {label}: {note}" for note in side.metrics.get("notes", {}).values()]
+    for name, difference in comparison.differences.items():
+        half = split_half_width(a.metrics, name)
+        if half is not None and not difference.identical and abs(difference.mean) < half:
+            lines.append(
+                f"  {name}: B - A ({difference.mean:+.4f}) is within the test split's own interval (±{half:.4f}): "
+                "another draw of test samples could move it as much"
+            )
     return lines
+
+
+def split_half_width(metrics: dict, name: str) -> float | None:
+    low, high = metrics.get(f"{name}_split_ci95_low"), metrics.get(f"{name}_split_ci95_high")
+    return None if low is None else (high - low) / 2
 
 
 def split_intervals(metrics: dict, names: list[str]) -> str:

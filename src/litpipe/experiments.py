@@ -33,7 +33,7 @@ SHOW = [
     r"|^\w+_ci95_(low|high)$|^(loss|mae|r2)_(mean|std)$|^baselines\.|^notes\."
     # The fit's latest epoch (DVCLive's results/fit/live/metrics.json: train.loss, val.acc, ..., step); not the
     # train.* params.
-    r"|^(train|val)\.(loss|acc|rmse)$|^step$",
+    r"|^(train|val)\.(loss|acc|rmse|mae|r2)$|^step$",
     "--keep",
     # Experiment names (--only-changed drops the column where no row has one), and results/test/metrics.json,
     # shown even where every experiment has the same.

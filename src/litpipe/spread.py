@@ -32,7 +32,7 @@ WILCOXON_SEEDS = 6  # below this, no paired difference can reach p < 0.05 in the
 class Difference:
     """B - A over paired seeds: its mean, the 95% confidence interval of that mean (Student's t), a paired
     t-test's p-value and, from WILCOXON_SEEDS seeds on, the Wilcoxon signed-rank test's. None where the seeds
-    are too few to give it."""
+    are too few to give it, and where every seed gave the same difference (no spread: not a certainty)."""
 
     seeds: int
     mean: float
@@ -41,10 +41,8 @@ class Difference:
     t_test_p: float | None
     wilcoxon_p: float | None
 
-    @property
-    def identical(self) -> bool:
-        """Every seed gave A and B the same number."""
-        return self.ci95_low == self.ci95_high == self.mean == 0.0
+    identical: bool = False  # every seed gave A and B the same number
+    constant: bool = False  # every seed gave B - A the same number: no spread to test, not a certain difference
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
@@ -55,12 +53,11 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
     mean = math.fsum(differences) / n
     if n < 2:
         return Difference(n, mean, None, None, None, None)
-    nonzero = any(d != 0 for d in differences)
-    wilcoxon_p = None
-    if n >= WILCOXON_SEEDS:
-        wilcoxon_p = float(stats.wilcoxon(differences).pvalue) if nonzero else 1.0
-    if all(d == differences[0] for d in differences):  # the same difference on every seed: no spread to test
-        return Difference(n, mean, mean, mean, 0.0 if nonzero else 1.0, wilcoxon_p)
+    if all(d == 0 for d in differences):
+        return Difference(n, 0.0, 0.0, 0.0, 1.0, 1.0 if n >= WILCOXON_SEEDS else None, identical=True)
+    wilcoxon_p = float(stats.wilcoxon(differences).pvalue) if n >= WILCOXON_SEEDS else None
+    if all(d == differences[0] for d in differences):  # on a finite test split, a step of one sample, say
+        return Difference(n, mean, None, None, None, wilcoxon_p, constant=True)
     std = math.sqrt(math.fsum((d - mean) ** 2 for d in differences) / (n - 1))
     error = std / math.sqrt(n)
     half = float(stats.t.ppf(0.975, n - 1)) * error

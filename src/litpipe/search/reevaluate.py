@@ -4,12 +4,15 @@ is the best on average, not the one a lucky seed put first.
 Each trial ran with one seed, and its validation loss carries that seed's luck: among many trials, the best one
 is partly the luckiest. With reevaluate_top_k = k, the k best distinct configurations (candidates) are each
 trained again, as a trial is (search.max_epochs, early stopping, no pruning), once per seed of replicates.seeds:
-one part per candidate and seed (fanout.py), run locally replicates.n_workers at a time, or as cluster jobs. Each
-part leaves its result in its marker file; collect reads them, and best.json names the candidate with the best
-mean validation loss over the seeds, beside the best single trial.
+one part per candidate and seed (fanout.py), run locally replicates.n_workers at a time, or as cluster jobs. The
+search's own seed (`seed`) is the trial itself: its part takes the trial's value rather than train it again (the
+trial was chosen partly for that seed's luck, which the other seeds dilute: list several). Each part leaves its
+result in its marker file; collect reads them, and best.json names the candidate with the best mean validation
+loss over the seeds (a seed whose fit diverged ranks it last), beside the best single trial.
 """
 
 import logging
+import math
 from typing import Any
 
 import optuna
@@ -57,6 +60,12 @@ def reevaluate(params: Params, study: optuna.Study, candidate: int, seed: int, t
         write_json(part.marker, identity)
         return
     chosen = trial.user_attrs["params"]
+    if seed == params.seed:  # the trial trained this configuration with this seed, as a re-evaluation would
+        result = {**identity, "params": chosen, "value": trial.value, "best_epoch": trial.user_attrs["best_epoch"]}
+        result |= {key: value for key, value in trial.user_attrs.items() if key.startswith("val_")}
+        write_json(part.marker, {**result, "reused": True})
+        log.info("%s: trial %d itself (the search's seed %d)", part.title, trial.number, seed)
+        return
     reevaluated = params.override({**chosen, "seed": seed})
     best, score = train(
         reevaluated, run_name(candidate, seed), paths.reevaluation_live(candidate, seed), [], f"{part.title}: "
@@ -74,10 +83,12 @@ def reevaluate(params: Params, study: optuna.Study, candidate: int, seed: int, t
 
 def results(params: Params, study: optuna.Study) -> pd.DataFrame:
     """A row per candidate and seed, from the parts' markers; an error when one is missing or stale."""
-    rows = []
+    rows, trials = [], candidates(study, params.search.reevaluate_top_k)
     for part in fanout.search_reevaluations(params):
         found = read_json(part.marker) if part.marker.exists() else {}
-        if found.get("study") != study.study_name:
+        candidate = dict(part.options)["candidate"]
+        trial = trials[candidate].number if candidate < len(trials) else None
+        if found.get("study") != study.study_name or found.get("trial") != trial:
             raise StageError(f"{part.title} has not run for this study; run the stage (or that part) again")
         if found.get("trial") is not None:
             rows.append(found)
@@ -102,4 +113,9 @@ def ranked(table: pd.DataFrame, score: str) -> list[dict[str, Any]]:
                 f"val_{score}_mean": float(runs[f"val_{score}"].mean()),
             }
         )
-    return sorted(summaries, key=lambda summary: (summary["mean"], summary["candidate"]))
+    return sorted(summaries, key=rank)
+
+
+def rank(summary: dict[str, Any]) -> tuple[float, int]:
+    """The lower mean first, a diverged (NaN) one last; the better trial first on a tie."""
+    return (summary["mean"] if math.isfinite(summary["mean"]) else math.inf, summary["candidate"])

@@ -5,7 +5,7 @@ Parts (fanout.py), so a cluster can run them as separate jobs (`litpipe search -
     worker      take trials until the study needs no more (run N of these, anywhere)
     reevaluate  with search.reevaluate_top_k, one of the best configurations with one seed of replicates.seeds
     collect     write trials.csv, best.json (the best trial, or the best mean over seeds) and the plots
-`litpipe search` runs all three, the workers as local processes (each on its share of the cores, GPUs
+`litpipe search` runs them all, the workers and re-evaluations as local processes (each on its share of the cores, GPUs
 round-robin). Each trial is a TensorBoard run, tb/search/trial_NNNN, and a session in the HPARAMS tab.
 """
 
@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from litpipe import fanout, paths
 from litpipe.config import Params
 from litpipe.errors import StageError
+from litpipe.io import write_json
 from litpipe.data.prepared import load_meta
 from litpipe.models import tasks
 from litpipe.search import outputs, reevaluate
@@ -42,6 +43,8 @@ def run(params: Params, part: str | None = None, worker: int = 0, candidate: int
             log.info("%s: fit will use the values in params.yaml", skipped)
         if part in (None, "collect"):
             outputs.write_disabled(paths.STUDY_JOURNAL, skipped)
+        if part == "reevaluate":  # its marker is its job's output: nothing to train again
+            write_json(fanout.search_reevaluation(candidate, seed).marker, {"skipped": skipped})
         return
     if part == "setup":
         return setup(params)
