@@ -96,7 +96,7 @@ def write(study: optuna.Study, reevaluated: list[dict[str, Any]] = ()) -> dict[s
     return best
 
 
-def keep_only_live_curves_of(study: optuna.Study, reevaluated: list[dict[str, Any]]) -> None:
+def keep_only_live_curves_of(study: optuna.Study, reevaluated: list[dict[str, Any]] = ()) -> None:
     """The DVCLive curves (paths.SEARCH_LIVE, kept between runs) of this study's trials and re-evaluations only: a
     new study numbers its trials from 0 again, and an earlier study's later trials would stay."""
     kept = {paths.trial_live(trial.number) for trial in study.get_trials(deepcopy=False)}
