@@ -406,8 +406,11 @@ def test_replicates_give_the_spread_of_every_regression_metric(workspace):
     metrics, seeds = json.loads(paths.TEST_METRICS.read_text()), pd.read_csv(paths.TEST_SEEDS)
     assert list(seeds.columns) == ["seed", "rmse", "mae", "r2", "loss"]
     for name in ("rmse", "mae", "r2", "loss"):
-        spread = {key.removeprefix(f"{name}_"): metrics[key] for key in metrics if key.startswith(f"{name}_")}
+        over_seeds = [key for key in metrics if key.startswith(f"{name}_") and not key.startswith(f"{name}_split_")]
+        spread = {key.removeprefix(f"{name}_"): metrics[key] for key in over_seeds}
         assert spread == pytest.approx(expected_spread(seeds[name].tolist()))
+        # The test split's own interval (a bootstrap over its rows), around the first seed's number.
+        assert metrics[f"{name}_split_ci95_low"] < metrics[name] < metrics[f"{name}_split_ci95_high"]
 
 
 def test_an_identifier_column_is_not_one_hot_encoded(workspace):
