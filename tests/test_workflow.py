@@ -550,7 +550,6 @@ class SlurmJobStates:
         self._look()  # the jobs that ended since the last look
 
 
-@pytest.mark.integration
 def processes_of(command: str, workspace: Path) -> list[psutil.Process]:
     """The running `litpipe <command>` processes whose working directory is `workspace`."""
     found = []
@@ -651,6 +650,7 @@ def test_a_ddp_fit_is_one_slurm_job_of_a_task_per_rank_and_a_signal_stops_both_r
     assert summary["epochs"] == DDP_ON_SLURM["train.max_epochs"]
 
 
+@pytest.mark.integration
 def test_scancel_of_a_search_worker_then_a_rerun_completes_the_study(local_run, tmp_path):
     slurm_cluster()
     repo = copy_workspace(local_run, tmp_path / "repo")  # with a new search space, only the search re-runs
