@@ -180,7 +180,8 @@ def described(comparison: Comparison) -> list[str]:
         lines.append(f"  {label}: {split_intervals(side.metrics, list(comparison.differences))}")
         lines += [f"  {label}: {note}" for note in side.metrics.get("notes", {}).values()]
     for name, difference in comparison.differences.items():
-        half = split_half_width(a.metrics, name)
+        found = split_interval(a.metrics, name)
+        half = None if found is None else (found[1] - found[0]) / 2
         if half is not None and not difference.identical and abs(difference.mean) < half:
             lines.append(
                 f"  {name}: B - A ({difference.mean:+.4f}) is within the test split's own interval (±{half:.4f}): "
@@ -189,17 +190,18 @@ def described(comparison: Comparison) -> list[str]:
     return lines
 
 
-def split_half_width(metrics: dict, name: str) -> float | None:
+def split_interval(metrics: dict, name: str) -> tuple[float, float] | None:
+    """The test split's own 95% interval of a metric in metrics.json (stages/test.py), None in older results."""
     low, high = metrics.get(f"{name}_split_ci95_low"), metrics.get(f"{name}_split_ci95_high")
-    return None if low is None else (high - low) / 2
+    return None if low is None else (low, high)
 
 
 def split_intervals(metrics: dict, names: list[str]) -> str:
     """Each metric of the first seed's model with its test split's own interval (older results have none)."""
     shown = []
     for name in names:
-        low, high = metrics.get(f"{name}_split_ci95_low"), metrics.get(f"{name}_split_ci95_high")
-        shown.append(f"{name} {metrics[name]:.4f}" + ("" if low is None else f" {interval(low, high)}"))
+        found = split_interval(metrics, name)
+        shown.append(f"{name} {metrics[name]:.4f}" + ("" if found is None else f" {interval(*found)}"))
     return ", ".join(shown)
 
 

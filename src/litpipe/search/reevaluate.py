@@ -51,7 +51,8 @@ def reevaluate(params: Params, study: optuna.Study, candidate: int, seed: int, t
     part = fanout.search_reevaluation(candidate, seed)
     trials = candidates(study, params.search.reevaluate_top_k)
     trial = trials[candidate] if candidate < len(trials) else None
-    identity = {"study": study.study_name, "candidate": candidate, "seed": seed, "trial": trial and trial.number}
+    identity = {"study": study.study_name, "candidate": candidate, "seed": seed}
+    identity["trial"] = None if trial is None else trial.number
     if part.marker.exists() and {key: read_json(part.marker).get(key) for key in identity} == identity:
         log.info("%s: done already (%s)", part.title, part.marker)
         return
@@ -60,25 +61,18 @@ def reevaluate(params: Params, study: optuna.Study, candidate: int, seed: int, t
         write_json(part.marker, identity)
         return
     chosen = trial.user_attrs["params"]
-    if seed == params.seed:  # the trial trained this configuration with this seed, as a re-evaluation would
-        result = {**identity, "params": chosen, "value": trial.value, "best_epoch": trial.user_attrs["best_epoch"]}
-        result |= {key: value for key, value in trial.user_attrs.items() if key.startswith("val_")}
-        write_json(part.marker, {**result, "reused": True})
-        log.info("%s: trial %d itself (the search's seed %d)", part.title, trial.number, seed)
-        return
-    reevaluated = params.override({**chosen, "seed": seed})
-    best, score = train(
-        reevaluated, run_name(candidate, seed), paths.reevaluation_live(candidate, seed), [], f"{part.title}: "
-    )
-    result = {
-        **identity,
-        "params": chosen,
-        "value": best[MONITOR],
-        f"val_{score}": best[f"val/{score}"],
-        "best_epoch": int(best["epoch"]),
-    }
+    reused = seed == params.seed  # the trial trained this configuration with this seed, as a re-evaluation would
+    if reused:
+        value, epoch = trial.value, trial.user_attrs["best_epoch"]
+        scores = {key: number for key, number in trial.user_attrs.items() if key.startswith("val_")}
+    else:
+        live = paths.reevaluation_live(candidate, seed)
+        reevaluated = params.override({**chosen, "seed": seed})
+        best, score = train(reevaluated, run_name(candidate, seed), live, [], f"{part.title}: ")
+        value, epoch, scores = best[MONITOR], int(best["epoch"]), {f"val_{score}": best[f"val/{score}"]}
+    result = {**identity, "params": chosen, "value": value, **scores, "best_epoch": epoch, "reused": reused}
     write_json(part.marker, result)
-    log.info("%s (trial %d): %s=%.4f", part.title, trial.number, MONITOR, best[MONITOR])
+    log.info("%s (trial %d%s): %s=%.4f", part.title, trial.number, ", itself" * reused, MONITOR, value)
 
 
 def results(params: Params, study: optuna.Study) -> pd.DataFrame:

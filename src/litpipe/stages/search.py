@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 
 from litpipe import fanout, paths
 from litpipe.config import Params
+from litpipe.data.prepared import load_meta
 from litpipe.errors import StageError
 from litpipe.io import write_json
-from litpipe.data.prepared import load_meta
 from litpipe.models import tasks
 from litpipe.search import outputs, reevaluate
 from litpipe.search import space as search_space
